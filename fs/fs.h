@@ -1,0 +1,179 @@
+/* fs/'s private header: the only way fs/ reaches <fuse_lowlevel.h>.
+ *
+ * A node is one object of the tree that the kernel knows by inode number.
+ * Its identity (kind, host, domain UUID, disk, file) is fixed at lookup; what
+ * it shows is read from the host's current snapshot every time, so a node
+ * never holds stale data, only a name.
+ */
+#ifndef VIRTMOUNT_FS_H
+#define VIRTMOUNT_FS_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "virtmount.h"
+
+/* ---- options.c ---- */
+
+struct options {
+    char *mountpoint;
+    char *config;       /* NULL: the default file, optional */
+    char *statedir;
+    struct vm_config hosts;
+    bool foreground;
+    bool debug;
+    bool allow_other;
+    bool show_help;
+    bool show_version;
+    bool parse_failed; /* fuse_opt_parse's callback cannot return why: vm_error has it */
+};
+
+/**
+ * Parse the command line.  Options for libfuse itself are left in *FUSE_ARGS
+ * (with subtype and, for allow_other, default_permissions added).  Returns 0,
+ * or -1 with a message recorded (vm_error) for bad input.
+ */
+int options_parse(int argc, char **argv, struct options *o, struct fuse_args *fuse_args);
+void options_free(struct options *o);
+void options_usage(const char *progname);
+
+/* ---- main.c ---- */
+
+/** Log one line: to stderr in the foreground, else to syslog. */
+void fs_log(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- inode.c ---- */
+
+enum node_kind {
+    NODE_ROOT,
+    NODE_STATUS,
+    NODE_HOST,
+    NODE_DOMAIN,
+    NODE_DOMAIN_FILE,
+    NODE_DEVICES,
+    NODE_DEVICE,
+    NODE_DEVICE_FILE,
+    NODE_DISKS,
+    NODE_KIND_COUNT
+};
+
+/** Who a node is.  DISK points into the node, or into the caller's buffers during a call. */
+struct node_id {
+    enum node_kind kind;
+    struct vm_host *host; /* NULL above hosts */
+    char uuid[37];        /* domain UUID from NODE_DOMAIN down, else "" */
+    const char *disk;     /* device name, for NODE_DEVICE and its files */
+    int file;             /* index of a file in its directory's table */
+};
+
+struct node {
+    fuse_ino_t ino;
+    fuse_ino_t parent;
+    char *name;
+    uint64_t nlookup;
+    enum node_kind kind;
+    struct vm_host *host;
+    char uuid[37];
+    char *disk;
+    int file;
+    struct node *hash_next;
+};
+
+/** A node's identity as a node_id. */
+struct node_id node_identity(const struct node *n);
+
+int inode_table_init(struct vm_ino_registry *registry, struct vm_host **hosts, size_t nhosts);
+void inode_table_free(void);
+/**
+ * The node for ID, named NAME under PARENT, created if new; its lookup count
+ * goes up by one when COUNT_LOOKUP.  Returns NULL with an error recorded.
+ */
+struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *name,
+                       bool count_lookup);
+/** The node numbered INO, or NULL.  Nodes live until forgotten: no reference is taken. */
+struct node *inode_find(fuse_ino_t ino);
+/** The inode number ID has (or would have). 0 with an error recorded on failure. */
+fuse_ino_t inode_number(const struct node_id *id);
+void inode_forget(fuse_ino_t ino, uint64_t nlookup);
+/** The hosts of the mount. */
+struct vm_host **inode_hosts(size_t *n);
+
+/** One entry of a change: the kernel must forget what it cached. */
+struct invalidation {
+    fuse_ino_t ino;
+    fuse_ino_t parent; /* with NAME: drop that entry too */
+    char *name;
+};
+
+/**
+ * Collect, for every known node of host H (of domain UUID only, when not
+ * NULL), an invalidation; STILL_THERE decides whether the entry survives.
+ */
+size_t inode_collect(struct vm_host *h, const char *uuid, struct invalidation **out,
+                     bool (*still_there)(const struct node *n));
+
+/* ---- nodes: one file per kind, one table ---- */
+
+/** A directory listing being built. */
+struct dir_list {
+    size_t n, cap;
+    struct dir_entry {
+        char *name;
+        fuse_ino_t ino;
+        mode_t type; /* S_IFDIR or S_IFREG */
+    } *v;
+};
+int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name);
+void dir_list_free(struct dir_list *l);
+
+/** A domain snapshot a node was resolved against; release with resolved_release. */
+struct resolved {
+    struct vm_domlist *list;
+    struct vm_domain *domain;
+    const struct vm_disk *disk;
+    size_t disk_index;
+};
+/** Resolve N against its host's snapshot: -1 with ENOENT / EHOSTUNREACH recorded. */
+int node_resolve(const struct node *n, struct resolved *r);
+void resolved_release(struct resolved *r);
+
+struct node_ops {
+    bool is_dir;
+    /** Fill mode, nlink and times; size is filled by the caller for files. */
+    int (*getattr)(const struct node *n, struct stat *st);
+    int (*lookup)(const struct node *dir, const char *name, struct node_id *child);
+    int (*readdir)(const struct node *dir, struct dir_list *list);
+    /** The content of a file, malloc'd. */
+    int (*content)(const struct node *file, char **buf, size_t *len);
+    /** mkdir/rmdir under this directory; NULL: EPERM. */
+    int (*mkdir)(const struct node *dir, const char *name);
+    int (*rmdir)(const struct node *dir, const char *name);
+};
+
+extern const struct node_ops node_root_ops, node_status_ops, node_host_ops, node_domain_ops,
+    node_domain_file_ops, node_devices_ops, node_device_ops, node_device_file_ops,
+    node_disks_ops;
+const struct node_ops *node_ops_of(enum node_kind kind);
+
+/** The identity of a child of PARENT: same host, domain and disk unless given. */
+struct node_id node_child(const struct node *parent, enum node_kind kind, const char *disk,
+                          int file);
+
+/** Shared attributes: owner, times, nlink for a directory with NSUBDIRS subdirectories. */
+void node_fill_dir(struct stat *st, mode_t perm, size_t nsubdirs, time_t mtime);
+void node_fill_file(struct stat *st, time_t mtime);
+/** When the mount started (the times of the static parts of the tree). */
+time_t fs_mount_time(void);
+
+/* ---- ops.c ---- */
+
+extern const struct fuse_lowlevel_ops fs_ops;
+/** The host listener: invalidates the kernel's caches after a change. */
+void fs_host_changed(void *opaque, struct vm_host *h, const char *domain_uuid);
+void fs_set_session(struct fuse_session *se);
+
+#endif

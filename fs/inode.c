@@ -1,0 +1,200 @@
+/* The inode table: the nodes the kernel currently knows, by number.
+ *
+ * Numbers come from the registry (lib/ino.c) keyed by what a node is, so the
+ * same object has the same number at every mount.  A node lives from its
+ * first lookup until the kernel forgets it (lookup counts, as libfuse's
+ * passthrough_ll does); the root is never forgotten.  This file does not know
+ * what any node shows: that is the node-*.c files' job.
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cleanup.h"
+
+#define NBUCKETS 4096
+
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct node *buckets[NBUCKETS];
+static struct vm_ino_registry *registry;
+static struct vm_host **hosts;
+static size_t nhosts;
+static struct node root = {.ino = FUSE_ROOT_ID, .parent = FUSE_ROOT_ID, .kind = NODE_ROOT};
+
+static const char *const kind_keys[NODE_KIND_COUNT] = {
+    [NODE_ROOT] = "",          [NODE_STATUS] = "status",  [NODE_HOST] = "host",
+    [NODE_DOMAIN] = "domain",  [NODE_DOMAIN_FILE] = "df", [NODE_DEVICES] = "devices",
+    [NODE_DEVICE] = "device",  [NODE_DEVICE_FILE] = "vf", [NODE_DISKS] = "disks",
+};
+
+/* The registry key of ID: host name, domain UUID and path inside the domain. */
+static int key_of(const struct node_id *id, char **key)
+{
+    const char *host = id->host ? vm_host_name(id->host) : "";
+    int n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%d", kind_keys[id->kind], host,
+                     id->uuid, id->disk ? id->disk : "", id->file);
+    return n < 0 ? vm_error(ENOMEM, "out of memory") : n;
+}
+
+fuse_ino_t inode_number(const struct node_id *id)
+{
+    if (id->kind == NODE_ROOT)
+        return FUSE_ROOT_ID;
+    CLEANUP_FREE char *key = NULL;
+    int len = key_of(id, &key);
+    if (len < 0)
+        return 0;
+    return vm_ino_get(registry, key, (size_t)len);
+}
+
+struct node_id node_identity(const struct node *n)
+{
+    struct node_id id = {.kind = n->kind, .host = n->host, .disk = n->disk, .file = n->file};
+    memcpy(id.uuid, n->uuid, sizeof id.uuid);
+    return id;
+}
+
+int inode_table_init(struct vm_ino_registry *r, struct vm_host **h, size_t n)
+{
+    registry = r;
+    hosts = h;
+    nhosts = n;
+    root.nlookup = 1;
+    buckets[FUSE_ROOT_ID % NBUCKETS] = &root;
+    return 0;
+}
+
+static void node_free(struct node *n)
+{
+    free(n->name);
+    free(n->disk);
+    free(n);
+}
+
+void inode_table_free(void)
+{
+    for (size_t i = 0; i < NBUCKETS; i++) {
+        struct node *n = buckets[i];
+        while (n) {
+            struct node *next = n->hash_next;
+            if (n != &root)
+                node_free(n);
+            n = next;
+        }
+        buckets[i] = NULL;
+    }
+}
+
+struct vm_host **inode_hosts(size_t *n)
+{
+    *n = nhosts;
+    return hosts;
+}
+
+static struct node *find_locked(fuse_ino_t ino)
+{
+    for (struct node *n = buckets[ino % NBUCKETS]; n; n = n->hash_next)
+        if (n->ino == ino)
+            return n;
+    return NULL;
+}
+
+struct node *inode_find(fuse_ino_t ino)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    return find_locked(ino);
+}
+
+struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *name,
+                       bool count_lookup)
+{
+    fuse_ino_t ino = inode_number(id);
+    if (!ino)
+        return NULL;
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    struct node *n = find_locked(ino);
+    if (n) {
+        /* A domain renamed since: remember the name the kernel now uses. */
+        if (name && strcmp(n->name ? n->name : "", name) != 0) {
+            char *copy = strdup(name);
+            if (copy) {
+                free(n->name);
+                n->name = copy;
+                n->parent = parent;
+            }
+        }
+    } else {
+        n = calloc(1, sizeof *n);
+        if (!n)
+            return vm_error(ENOMEM, "out of memory"), NULL;
+        n->ino = ino;
+        n->parent = parent;
+        n->kind = id->kind;
+        n->host = id->host;
+        n->file = id->file;
+        n->name = strdup(name ? name : "");
+        memcpy(n->uuid, id->uuid, sizeof n->uuid);
+        if (id->disk)
+            n->disk = strdup(id->disk);
+        if (!n->name || (id->disk && !n->disk)) {
+            node_free(n);
+            return vm_error(ENOMEM, "out of memory"), NULL;
+        }
+        n->hash_next = buckets[ino % NBUCKETS];
+        buckets[ino % NBUCKETS] = n;
+    }
+    if (count_lookup)
+        n->nlookup++;
+    return n;
+}
+
+void inode_forget(fuse_ino_t ino, uint64_t nlookup)
+{
+    if (ino == FUSE_ROOT_ID)
+        return;
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    struct node **pp = &buckets[ino % NBUCKETS];
+    while (*pp && (*pp)->ino != ino)
+        pp = &(*pp)->hash_next;
+    struct node *n = *pp;
+    if (!n)
+        return;
+    n->nlookup = n->nlookup > nlookup ? n->nlookup - nlookup : 0;
+    if (n->nlookup == 0) {
+        *pp = n->hash_next;
+        node_free(n);
+    }
+}
+
+size_t inode_collect(struct vm_host *h, const char *uuid, struct invalidation **out,
+                     bool (*still_there)(const struct node *n))
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    size_t count = 0, cap = 0;
+    struct invalidation *v = NULL;
+    for (size_t i = 0; i < NBUCKETS; i++)
+        for (struct node *n = buckets[i]; n; n = n->hash_next) {
+            if (n->host != h || (uuid && strcmp(n->uuid, uuid) != 0))
+                continue;
+            if (count == cap) {
+                size_t ncap = cap ? cap * 2 : 32;
+                struct invalidation *nv = realloc(v, ncap * sizeof *nv);
+                if (!nv)
+                    goto done;
+                v = nv;
+                cap = ncap;
+            }
+            bool keep = still_there(n);
+            v[count++] = (struct invalidation){
+                .ino = n->ino,
+                .parent = keep ? 0 : n->parent,
+                .name = keep ? NULL : strdup(n->name),
+            };
+        }
+done:
+    *out = v;
+    return count;
+}

@@ -1,0 +1,206 @@
+/* virtmount's entry point: options, the state dir, daemonizing, logging,
+ * the hosts, and the FUSE session with its multi-threaded loop.  The only
+ * place that decides what is logged and where.
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+
+static bool log_to_stderr = true;
+static bool log_debug;
+static time_t mount_time;
+
+time_t fs_mount_time(void)
+{
+    return mount_time;
+}
+
+void fs_log(int priority, const char *fmt, ...)
+{
+    if (priority == LOG_DEBUG && !log_debug)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    if (log_to_stderr) {
+        char line[2048];
+        vsnprintf(line, sizeof line, fmt, ap);
+        fprintf(stderr, "virtmount: %s\n", line);
+    } else {
+        vsyslog(priority, fmt, ap);
+    }
+    va_end(ap);
+}
+
+/* mkdir -p for the state dir, then its absolute path (libvirt's embed root must be one). */
+static char *prepare_statedir(const char *dir)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path)
+        return vm_error(ENAMETOOLONG, "state dir path too long"), NULL;
+    for (char *p = path + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(path, 0755) < 0 && errno != EEXIST)
+                return vm_error(errno, "cannot create %s: %s", path, strerror(errno)), NULL;
+            *p = '/';
+        }
+    if (mkdir(path, 0700) < 0 && errno != EEXIST)
+        return vm_error(errno, "cannot create state dir %s: %s", path, strerror(errno)), NULL;
+    char *abs = realpath(path, NULL);
+    if (!abs)
+        return vm_error(errno, "state dir %s: %s", path, strerror(errno)), NULL;
+    return abs;
+}
+
+static int fail(const char *what)
+{
+    fprintf(stderr, "virtmount: %s%s%s\n", what ? what : "", what ? ": " : "",
+            vm_error_message());
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o;
+    struct fuse_args args;
+    if (options_parse(argc, argv, &o, &args) < 0) {
+        fail(NULL);
+        fuse_opt_free_args(&args);
+        options_free(&o);
+        return 1;
+    }
+    if (o.show_help || o.show_version) {
+        if (o.show_help)
+            options_usage(argv[0]);
+        else
+            printf("virtmount %s\n", PACKAGE_VERSION);
+        fuse_opt_free_args(&args);
+        options_free(&o);
+        return 0;
+    }
+    log_debug = o.debug;
+
+    int status = 1;
+    struct vm_ino_registry *registry = NULL;
+    struct fuse_session *se = NULL;
+    struct vm_host **hosts = NULL;
+    size_t nhosts = 0;
+    bool mounted = false, loop_started = false;
+
+    if (vm_config_read_file(&o.hosts, o.config ? o.config : VIRTMOUNT_CONFIG, o.config != NULL) <
+        0) {
+        fail(NULL);
+        goto out;
+    }
+    char *statedir = prepare_statedir(o.statedir);
+    if (!statedir) {
+        fail(NULL);
+        goto out;
+    }
+    free(o.statedir);
+    o.statedir = statedir;
+    registry = vm_ino_open(o.statedir);
+    if (!registry) {
+        fail(NULL);
+        goto out;
+    }
+
+    se = fuse_session_new(&args, &fs_ops, sizeof fs_ops, NULL);
+    if (!se)
+        goto out; /* libfuse printed why */
+    if (fuse_set_signal_handlers(se) < 0)
+        goto out;
+    if (fuse_session_mount(se, o.mountpoint) < 0)
+        goto out;
+    mounted = true;
+    mount_time = time(NULL);
+
+    /* Detach before any thread starts: fork keeps only the calling thread. */
+    if (!o.foreground) {
+        log_to_stderr = false;
+        openlog("virtmount", LOG_PID, LOG_DAEMON);
+    }
+    if (fuse_daemonize(o.foreground) < 0)
+        goto out;
+
+    /* libvirt logs warnings to stderr on its own; what matters reaches us as errors. */
+    setenv("LIBVIRT_LOG_OUTPUTS", o.debug ? "3:stderr" : "4:file:/dev/null", 0);
+    if (vm_event_loop_start() < 0) {
+        fs_log(LOG_ERR, "%s", vm_error_message());
+        goto out;
+    }
+    loop_started = true;
+
+    if (o.hosts.nhosts == 0) {
+        enum vm_host_kind kind;
+        char *uri = vm_host_choose_local_uri(o.statedir, &kind);
+        if (!uri) {
+            fs_log(LOG_ERR, "cannot set up localhost: %s", vm_error_message());
+            goto out;
+        }
+        fs_log(LOG_NOTICE, "no host configured: localhost is %s (%s)", uri,
+               kind == VM_HOST_SYSTEM ? "a libvirt daemon answers there"
+                                      : "no daemon answers at qemu:///system: embedded driver");
+        hosts = calloc(1, sizeof *hosts);
+        if (hosts && (hosts[0] = vm_host_new("localhost", uri, kind,
+                                             &(struct vm_host_listener){fs_host_changed, NULL})))
+            nhosts = 1;
+        free(uri);
+    } else {
+        hosts = calloc(o.hosts.nhosts, sizeof *hosts);
+        for (size_t i = 0; hosts && i < o.hosts.nhosts; i++) {
+            hosts[i] = vm_host_new(o.hosts.hosts[i].name, o.hosts.hosts[i].uri,
+                                   VM_HOST_CONFIGURED,
+                                   &(struct vm_host_listener){fs_host_changed, NULL});
+            if (!hosts[i])
+                break;
+            nhosts++;
+        }
+    }
+    if (!hosts || nhosts == 0 || (o.hosts.nhosts && nhosts < o.hosts.nhosts)) {
+        fs_log(LOG_ERR, "cannot start hosts: %s", vm_error_message());
+        goto out;
+    }
+    inode_table_init(registry, hosts, nhosts);
+    /* A listing right after mount should see the domains, not "connecting". */
+    for (size_t i = 0; i < nhosts; i++)
+        vm_host_wait_ready(hosts[i], 10000);
+    fs_set_session(se);
+
+    struct fuse_loop_config *loop = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_max_threads(loop, 16);
+    fuse_loop_cfg_set_idle_threads(loop, 4);
+    status = fuse_session_loop_mt(se, loop) == 0 ? 0 : 1;
+    fuse_loop_cfg_destroy(loop);
+    fs_log(LOG_NOTICE, "unmounting %s", o.mountpoint);
+
+out:
+    fs_set_session(NULL);
+    for (size_t i = 0; i < nhosts; i++)
+        vm_host_free(hosts[i]);
+    free(hosts);
+    if (loop_started)
+        vm_event_loop_stop();
+    inode_table_free();
+    if (se) {
+        if (mounted)
+            fuse_session_unmount(se);
+        fuse_remove_signal_handlers(se);
+        fuse_session_destroy(se);
+    }
+    vm_ino_close(registry);
+    fuse_opt_free_args(&args);
+    options_free(&o);
+    return status;
+}

@@ -1,0 +1,122 @@
+/* What every node kind shares: the table of kinds, directory listings,
+ * resolving a node against its host's snapshot, and common attributes.
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const struct node_ops *const kinds[NODE_KIND_COUNT] = {
+    [NODE_ROOT] = &node_root_ops,
+    [NODE_STATUS] = &node_status_ops,
+    [NODE_HOST] = &node_host_ops,
+    [NODE_DOMAIN] = &node_domain_ops,
+    [NODE_DOMAIN_FILE] = &node_domain_file_ops,
+    [NODE_DEVICES] = &node_devices_ops,
+    [NODE_DEVICE] = &node_device_ops,
+    [NODE_DEVICE_FILE] = &node_device_file_ops,
+    [NODE_DISKS] = &node_disks_ops,
+};
+
+const struct node_ops *node_ops_of(enum node_kind kind)
+{
+    return kinds[kind];
+}
+
+int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name)
+{
+    fuse_ino_t ino = inode_number(id);
+    if (!ino)
+        return -1;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        struct dir_entry *v = realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return vm_error(ENOMEM, "out of memory");
+        l->v = v;
+        l->cap = cap;
+    }
+    char *copy = strdup(name);
+    if (!copy)
+        return vm_error(ENOMEM, "out of memory");
+    l->v[l->n++] = (struct dir_entry){
+        .name = copy, .ino = ino, .type = node_ops_of(id->kind)->is_dir ? S_IFDIR : S_IFREG};
+    return 0;
+}
+
+void dir_list_free(struct dir_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i].name);
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+int node_resolve(const struct node *n, struct resolved *r)
+{
+    memset(r, 0, sizeof *r);
+    if (!n->host)
+        return 0;
+    r->list = vm_host_domains(n->host);
+    if (!r->list)
+        return -1;
+    if (!n->uuid[0])
+        return 0;
+    r->domain = vm_domlist_find_uuid(r->list, n->uuid);
+    if (!r->domain) {
+        resolved_release(r);
+        return vm_error(ENOENT, "domain %s is gone", n->uuid);
+    }
+    if (!n->disk)
+        return 0;
+    r->disk = vm_domain_find_disk(r->domain, n->disk, &r->disk_index);
+    if (!r->disk) {
+        resolved_release(r);
+        return vm_error(ENOENT, "disk %s is gone", n->disk);
+    }
+    return 0;
+}
+
+void resolved_release(struct resolved *r)
+{
+    vm_domlist_unref(r->list);
+    memset(r, 0, sizeof *r);
+}
+
+struct node_id node_child(const struct node *parent, enum node_kind kind, const char *disk,
+                          int file)
+{
+    struct node_id id = node_identity(parent);
+    id.kind = kind;
+    id.file = file;
+    if (disk)
+        id.disk = disk;
+    return id;
+}
+
+static void fill_common(struct stat *st, time_t mtime)
+{
+    st->st_uid = getuid();
+    st->st_gid = getgid();
+    st->st_mtim.tv_sec = st->st_ctim.tv_sec = mtime;
+    st->st_atim.tv_sec = mtime;
+    st->st_blksize = 4096;
+}
+
+void node_fill_dir(struct stat *st, mode_t perm, size_t nsubdirs, time_t mtime)
+{
+    st->st_mode = S_IFDIR | perm;
+    st->st_nlink = 2 + nsubdirs;
+    fill_common(st, mtime);
+}
+
+void node_fill_file(struct stat *st, time_t mtime)
+{
+    st->st_mode = S_IFREG | 0444;
+    st->st_nlink = 1;
+    fill_common(st, mtime);
+}

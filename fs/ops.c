@@ -1,0 +1,434 @@
+/* The one FUSE low-level operations table.  Each handler finds the node,
+ * dispatches on its kind through node_ops, and turns a lib error into
+ * -errno in one place (reply_error).  Everything that would change the tree
+ * is refused here: EROFS for writes, EPERM for mkdir/rmdir where they mean
+ * nothing.
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <syslog.h>
+
+#include "cleanup.h"
+
+/* The tree is invalidated explicitly on every change (fs_host_changed), so
+ * the kernel may keep what it has for long. */
+#define ENTRY_TIMEOUT 3600.0
+#define ATTR_TIMEOUT  3600.0
+
+static struct fuse_session *session;
+
+void fs_set_session(struct fuse_session *se)
+{
+    session = se;
+}
+
+/* The one place a lib error becomes an errno for the kernel (and a log line). */
+static void reply_error(fuse_req_t req, const char *op)
+{
+    int e = vm_error_errno();
+    fs_log(e == ENOENT ? LOG_DEBUG : LOG_INFO, "%s: %s", op, vm_error_message());
+    fuse_reply_err(req, e);
+}
+
+static void reply_refused(fuse_req_t req, int e, const char *op, const char *name)
+{
+    vm_error(e, "%s%s%s: %s", op, name ? " " : "", name ? name : "",
+             e == EROFS ? "virtmount is read-only" : "only disks/ takes mkdir and rmdir");
+    reply_error(req, op);
+}
+
+/* Stat N, with the size of a file's content. */
+static int node_stat(const struct node *n, struct stat *st)
+{
+    const struct node_ops *ops = node_ops_of(n->kind);
+    memset(st, 0, sizeof *st);
+    if (ops->getattr(n, st) < 0)
+        return -1;
+    st->st_ino = n->ino;
+    if (!ops->is_dir) {
+        CLEANUP_FREE char *buf = NULL;
+        size_t len = 0;
+        if (ops->content(n, &buf, &len) < 0)
+            return -1;
+        st->st_size = (off_t)len;
+        st->st_blocks = (blkcnt_t)((len + 511) / 512);
+    }
+    return 0;
+}
+
+static struct node *find_node(fuse_ino_t ino)
+{
+    struct node *n = inode_find(ino);
+    if (!n)
+        vm_error(ESTALE, "inode %lu is not known", (unsigned long)ino);
+    return n;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct node *dir = find_node(parent);
+    if (!dir)
+        return reply_error(req, "lookup");
+    const struct node_ops *ops = node_ops_of(dir->kind);
+    if (!ops->is_dir) {
+        vm_error(ENOTDIR, "lookup %s: not a directory", name);
+        return reply_error(req, "lookup");
+    }
+    struct node_id id;
+    if (ops->lookup(dir, name, &id) < 0)
+        return reply_error(req, "lookup");
+    struct node *n = inode_get(&id, parent, name, true);
+    if (!n)
+        return reply_error(req, "lookup");
+    struct fuse_entry_param e = {.ino = n->ino,
+                                 .attr_timeout = ATTR_TIMEOUT,
+                                 .entry_timeout = ENTRY_TIMEOUT};
+    if (node_stat(n, &e.attr) < 0) {
+        int err = vm_error_errno();
+        inode_forget(n->ino, 1);
+        errno = err;
+        return reply_error(req, "lookup");
+    }
+    fuse_reply_entry(req, &e);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+    inode_forget(ino, nlookup);
+    fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+    for (size_t i = 0; i < count; i++)
+        inode_forget(forgets[i].ino, forgets[i].nlookup);
+    fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct node *n = find_node(ino);
+    struct stat st;
+    if (!n || node_stat(n, &st) < 0)
+        return reply_error(req, "getattr");
+    fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct node *n = find_node(ino);
+    if (!n)
+        return reply_error(req, "opendir");
+    const struct node_ops *ops = node_ops_of(n->kind);
+    if (!ops->is_dir) {
+        vm_error(ENOTDIR, "opendir: not a directory");
+        return reply_error(req, "opendir");
+    }
+    /* The listing is taken once, at opendir, so a reader sees one snapshot. */
+    struct dir_list *list = calloc(1, sizeof *list);
+    if (!list) {
+        vm_error(ENOMEM, "out of memory");
+        return reply_error(req, "opendir");
+    }
+    struct node_id self = node_identity(n);
+    struct node *parent = find_node(n->parent);
+    struct node_id up = parent ? node_identity(parent) : self;
+    if (dir_list_add(list, &self, ".") < 0 || dir_list_add(list, &up, "..") < 0 ||
+        ops->readdir(n, list) < 0) {
+        dir_list_free(list);
+        free(list);
+        return reply_error(req, "opendir");
+    }
+    fi->fh = (uintptr_t)list;
+    fuse_reply_open(req, fi);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+    struct dir_list *list = (struct dir_list *)(uintptr_t)fi->fh;
+    CLEANUP_FREE char *buf = malloc(size);
+    if (!buf) {
+        vm_error(ENOMEM, "out of memory");
+        return reply_error(req, "readdir");
+    }
+    size_t used = 0;
+    /* Offsets: 0 = start, i + 1 = after entry i. */
+    for (size_t i = (size_t)off; i < list->n; i++) {
+        struct stat st = {.st_ino = list->v[i].ino, .st_mode = list->v[i].type};
+        size_t need =
+            fuse_add_direntry(req, buf + used, size - used, list->v[i].name, &st, (off_t)(i + 1));
+        if (need > size - used)
+            break;
+        used += need;
+    }
+    fuse_reply_buf(req, buf, used);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct dir_list *list = (struct dir_list *)(uintptr_t)fi->fh;
+    dir_list_free(list);
+    free(list);
+    fuse_reply_err(req, 0);
+}
+
+struct open_file {
+    char *buf;
+    size_t len;
+};
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct node *n = find_node(ino);
+    if (!n)
+        return reply_error(req, "open");
+    const struct node_ops *ops = node_ops_of(n->kind);
+    if (ops->is_dir) {
+        vm_error(EISDIR, "open: is a directory");
+        return reply_error(req, "open");
+    }
+    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
+        return reply_refused(req, EROFS, "open for writing", n->name);
+    struct open_file *f = calloc(1, sizeof *f);
+    if (!f) {
+        vm_error(ENOMEM, "out of memory");
+        return reply_error(req, "open");
+    }
+    if (ops->content(n, &f->buf, &f->len) < 0) {
+        free(f);
+        return reply_error(req, "open");
+    }
+    /* The content is generated at open: read it from here, not the page cache. */
+    fi->direct_io = 1;
+    fi->fh = (uintptr_t)f;
+    fuse_reply_open(req, fi);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    struct open_file *f = (struct open_file *)(uintptr_t)fi->fh;
+    if (off < 0 || (size_t)off >= f->len)
+        return (void)fuse_reply_buf(req, NULL, 0);
+    size_t n = f->len - (size_t)off;
+    fuse_reply_buf(req, f->buf + off, n < size ? n : size);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct open_file *f = (struct open_file *)(uintptr_t)fi->fh;
+    if (f)
+        free(f->buf);
+    free(f);
+    fuse_reply_err(req, 0);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    struct node *dir = find_node(parent);
+    if (!dir)
+        return reply_error(req, "mkdir");
+    const struct node_ops *ops = node_ops_of(dir->kind);
+    if (!ops->mkdir)
+        return reply_refused(req, EPERM, "mkdir", name);
+    if (ops->mkdir(dir, name) < 0)
+        return reply_error(req, "mkdir");
+    op_lookup(req, parent, name);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct node *dir = find_node(parent);
+    if (!dir)
+        return reply_error(req, "rmdir");
+    const struct node_ops *ops = node_ops_of(dir->kind);
+    if (!ops->rmdir)
+        return reply_refused(req, EPERM, "rmdir", name);
+    if (ops->rmdir(dir, name) < 0)
+        return reply_error(req, "rmdir");
+    fuse_reply_err(req, 0);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                       struct fuse_file_info *fi)
+{
+    reply_refused(req, EROFS, "setattr", NULL);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                     dev_t rdev)
+{
+    reply_refused(req, EROFS, "mknod", name);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                      struct fuse_file_info *fi)
+{
+    reply_refused(req, EROFS, "create", name);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    reply_refused(req, EROFS, "unlink", name);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+    reply_refused(req, EROFS, "symlink", name);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+    reply_refused(req, EROFS, "link", newname);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                      const char *newname, unsigned int flags)
+{
+    reply_refused(req, EROFS, "rename", name);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                        size_t size, int flags)
+{
+    reply_refused(req, EROFS, "setxattr", name);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+    reply_refused(req, EROFS, "removexattr", name);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    fuse_reply_err(req, ENODATA); /* the tree's own objects have none */
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+    if (size == 0)
+        fuse_reply_xattr(req, 0);
+    else
+        fuse_reply_buf(req, NULL, 0);
+}
+
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+    struct node *n = find_node(ino);
+    if (!n)
+        return reply_error(req, "access");
+    if ((mask & W_OK) && !node_ops_of(n->kind)->mkdir)
+        return reply_refused(req, EROFS, "access for writing", n->name);
+    fuse_reply_err(req, 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+    struct statvfs st = {.f_bsize = 4096, .f_frsize = 4096, .f_namemax = 255};
+    fuse_reply_statfs(req, &st);
+}
+
+const struct fuse_lowlevel_ops fs_ops = {
+    .lookup = op_lookup,
+    .forget = op_forget,
+    .forget_multi = op_forget_multi,
+    .getattr = op_getattr,
+    .setattr = op_setattr,
+    .mknod = op_mknod,
+    .mkdir = op_mkdir,
+    .unlink = op_unlink,
+    .rmdir = op_rmdir,
+    .symlink = op_symlink,
+    .rename = op_rename,
+    .link = op_link,
+    .open = op_open,
+    .read = op_read,
+    .release = op_release,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .releasedir = op_releasedir,
+    .statfs = op_statfs,
+    .setxattr = op_setxattr,
+    .getxattr = op_getxattr,
+    .listxattr = op_listxattr,
+    .removexattr = op_removexattr,
+    .access = op_access,
+    .create = op_create,
+};
+
+/* ---- change notices from the hosts ------------------------------------- */
+
+static bool still_there(const struct node *n)
+{
+    if (n->kind == NODE_HOST)
+        return true;
+    struct resolved r;
+    if (node_resolve(n, &r) < 0)
+        return false;
+    /* A renamed domain is the same node under a new name: drop the old entry. */
+    bool same = n->kind != NODE_DOMAIN || strcmp(r.domain->name, n->name) == 0;
+    resolved_release(&r);
+    return same;
+}
+
+static pthread_mutex_t up_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Log a host going up or down, once per transition. */
+static void log_transition(struct vm_host *h)
+{
+    static struct {
+        struct vm_host *h;
+        int up; /* -1 unknown */
+    } seen[256];
+    CLEANUP_FREE char *reason = NULL;
+    bool up = vm_host_is_up(h, &reason);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&up_lock);
+    size_t i;
+    for (i = 0; i < 256 && seen[i].h && seen[i].h != h; i++)
+        ;
+    if (i == 256)
+        return;
+    if (!seen[i].h) {
+        seen[i].h = h;
+        seen[i].up = -1;
+    }
+    if (seen[i].up == (int)up)
+        return;
+    seen[i].up = up;
+    if (up)
+        fs_log(LOG_NOTICE, "host %s: connected to %s", vm_host_name(h), vm_host_uri(h));
+    else
+        fs_log(LOG_WARNING, "host %s: down: %s", vm_host_name(h), reason ? reason : "unknown");
+}
+
+static void invalidate(fuse_ino_t ino, fuse_ino_t parent, const char *name)
+{
+    if (!session || !ino)
+        return;
+    if (name)
+        fuse_lowlevel_notify_inval_entry(session, parent, name, strlen(name));
+    fuse_lowlevel_notify_inval_inode(session, ino, 0, 0);
+}
+
+void fs_host_changed(void *opaque, struct vm_host *h, const char *domain_uuid)
+{
+    if (!domain_uuid)
+        log_transition(h);
+    struct invalidation *v = NULL;
+    size_t n = inode_collect(h, domain_uuid, &v, still_there);
+    for (size_t i = 0; i < n; i++) {
+        invalidate(v[i].ino, v[i].parent, v[i].name);
+        free(v[i].name);
+    }
+    free(v);
+    struct node_id host = {.kind = NODE_HOST, .host = h};
+    struct node_id status = {.kind = NODE_STATUS};
+    if (domain_uuid)
+        invalidate(inode_number(&host), 0, NULL);
+    invalidate(inode_number(&status), 0, NULL);
+}

@@ -1,0 +1,310 @@
+/* Domain XML → plain structs.  The only module that parses libvirt XML: it
+ * reads a domain's name, UUID and disks with XPath and names each disk as
+ * DESIGN.md says.  It does not talk to libvirt and does not know the tree.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <libvirt/libvirt.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+
+#include "cleanup.h"
+
+/* The string value of XPath EXPR relative to NODE, or NULL when absent or empty. */
+static char *xpath_string(xmlXPathContextPtr ctx, xmlNodePtr node, const char *expr)
+{
+    ctx->node = node;
+    CLEANUP_XPATH_OBJ xmlXPathObjectPtr obj = xmlXPathEvalExpression(BAD_CAST expr, ctx);
+    if (!obj)
+        return NULL;
+    if (obj->type == XPATH_STRING) {
+        if (!obj->stringval || !obj->stringval[0])
+            return NULL;
+        return strdup((const char *)obj->stringval);
+    }
+    if (obj->type == XPATH_NODESET && obj->nodesetval && obj->nodesetval->nodeNr > 0) {
+        xmlChar *s = xmlNodeGetContent(obj->nodesetval->nodeTab[0]);
+        char *r = (s && s[0]) ? strdup((const char *)s) : NULL;
+        xmlFree(s);
+        return r;
+    }
+    return NULL;
+}
+
+static bool xpath_exists(xmlXPathContextPtr ctx, xmlNodePtr node, const char *expr)
+{
+    ctx->node = node;
+    CLEANUP_XPATH_OBJ xmlXPathObjectPtr obj = xmlXPathEvalExpression(BAD_CAST expr, ctx);
+    return obj && obj->type == XPATH_NODESET && obj->nodesetval && obj->nodesetval->nodeNr > 0;
+}
+
+static char *or_empty(char *s)
+{
+    return s ? s : strdup("");
+}
+
+/* A readable form of a disk's source, whatever its type. */
+static char *disk_source(xmlXPathContextPtr ctx, xmlNodePtr disk, const char *type)
+{
+    if (strcmp(type, "file") == 0)
+        return xpath_string(ctx, disk, "string(source/@file)");
+    if (strcmp(type, "block") == 0)
+        return xpath_string(ctx, disk, "string(source/@dev)");
+    if (strcmp(type, "dir") == 0)
+        return xpath_string(ctx, disk, "string(source/@dir)");
+    if (strcmp(type, "volume") == 0) {
+        CLEANUP_FREE char *pool = xpath_string(ctx, disk, "string(source/@pool)");
+        CLEANUP_FREE char *vol = xpath_string(ctx, disk, "string(source/@volume)");
+        if (!pool && !vol)
+            return NULL;
+        char *s;
+        if (asprintf(&s, "%s/%s", pool ? pool : "", vol ? vol : "") < 0)
+            return NULL;
+        return s;
+    }
+    if (strcmp(type, "network") == 0) {
+        CLEANUP_FREE char *proto = xpath_string(ctx, disk, "string(source/@protocol)");
+        CLEANUP_FREE char *name = xpath_string(ctx, disk, "string(source/@name)");
+        CLEANUP_FREE char *host = xpath_string(ctx, disk, "string(source/host[1]/@name)");
+        CLEANUP_FREE char *port = xpath_string(ctx, disk, "string(source/host[1]/@port)");
+        CLEANUP_FREE char *sock = xpath_string(ctx, disk, "string(source/host[1]/@socket)");
+        char *s;
+        int r;
+        if (sock)
+            r = asprintf(&s, "%s+unix:///%s?socket=%s", proto ? proto : "", name ? name : "",
+                         sock);
+        else
+            r = asprintf(&s, "%s://%s%s%s/%s", proto ? proto : "", host ? host : "",
+                         port ? ":" : "", port ? port : "", name ? name : "");
+        return r < 0 ? NULL : s;
+    }
+    if (strcmp(type, "nvme") == 0) {
+        CLEANUP_FREE char *dom = xpath_string(ctx, disk, "string(source/address/@domain)");
+        CLEANUP_FREE char *bus = xpath_string(ctx, disk, "string(source/address/@bus)");
+        CLEANUP_FREE char *slot = xpath_string(ctx, disk, "string(source/address/@slot)");
+        CLEANUP_FREE char *fn = xpath_string(ctx, disk, "string(source/address/@function)");
+        CLEANUP_FREE char *ns = xpath_string(ctx, disk, "string(source/@namespace)");
+        char *s;
+        if (asprintf(&s, "nvme://%s:%s:%s.%s/%s", dom ? dom : "", bus ? bus : "",
+                     slot ? slot : "", fn ? fn : "", ns ? ns : "") < 0)
+            return NULL;
+        return s;
+    }
+    if (strcmp(type, "vhostuser") == 0)
+        return xpath_string(ctx, disk, "string(source/@path)");
+    return NULL;
+}
+
+static char *node_to_string(xmlDocPtr doc, xmlNodePtr node)
+{
+    xmlBufferPtr buf = xmlBufferCreate();
+    if (!buf)
+        return NULL;
+    char *s = NULL;
+    if (xmlNodeDump(buf, doc, node, 0, 0) >= 0)
+        s = strdup((const char *)xmlBufferContent(buf));
+    xmlBufferFree(buf);
+    return s;
+}
+
+static void disk_clear(struct vm_disk *d)
+{
+    free(d->name);
+    free(d->target);
+    free(d->bus);
+    free(d->device);
+    free(d->type);
+    free(d->source);
+    free(d->format);
+    free(d->serial);
+    free(d->xml);
+}
+
+bool vm_name_is_legal(const char *s)
+{
+    if (!s || !*s || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+        return false;
+    if (strlen(s) > 255)
+        return false;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p == '/' || *p < 0x20 || *p == 0x7f)
+            return false;
+    return true;
+}
+
+void vm_disks_assign_names(struct vm_disk *disks, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct vm_disk *d = &disks[i];
+        bool use_serial = d->serial && vm_name_is_legal(d->serial);
+        for (size_t j = 0; use_serial && j < n; j++) {
+            if (j == i)
+                continue;
+            /* Another disk with the same serial, or whose target is this serial. */
+            if ((disks[j].serial && strcmp(disks[j].serial, d->serial) == 0) ||
+                strcmp(disks[j].target, d->serial) == 0)
+                use_serial = false;
+        }
+        free(d->name);
+        d->name = strdup(use_serial ? d->serial : d->target);
+    }
+}
+
+static int parse_disk(xmlDocPtr doc, xmlXPathContextPtr ctx, xmlNodePtr node, struct vm_disk *d,
+                      bool *keep)
+{
+    memset(d, 0, sizeof *d);
+    *keep = false;
+    d->device = xpath_string(ctx, node, "string(@device)");
+    if (!d->device)
+        d->device = strdup("disk");
+    d->type = xpath_string(ctx, node, "string(@type)");
+    if (!d->type)
+        d->type = strdup("file");
+    d->target = xpath_string(ctx, node, "string(target/@dev)");
+    if (!d->target) {
+        disk_clear(d);
+        return 0; /* libvirt requires a target; ignore what has none */
+    }
+    d->source = disk_source(ctx, node, d->type);
+    bool removable = strcmp(d->device, "cdrom") == 0 || strcmp(d->device, "floppy") == 0;
+    if (removable && !d->source) {
+        disk_clear(d);
+        return 0; /* no media */
+    }
+    d->source = or_empty(d->source);
+    d->bus = or_empty(xpath_string(ctx, node, "string(target/@bus)"));
+    d->format = or_empty(xpath_string(ctx, node, "string(driver/@type)"));
+    d->serial = xpath_string(ctx, node, "string(serial)");
+    d->readonly = xpath_exists(ctx, node, "readonly");
+    d->shareable = xpath_exists(ctx, node, "shareable");
+    d->xml = node_to_string(doc, node);
+    if (!d->device || !d->type || !d->source || !d->bus || !d->format || !d->xml) {
+        disk_clear(d);
+        return vm_error(ENOMEM, "out of memory");
+    }
+    *keep = true;
+    return 0;
+}
+
+struct vm_domain *vm_domxml_parse(const char *xml)
+{
+    if (!xml)
+        return vm_error(EINVAL, "no domain XML"), NULL;
+    CLEANUP_XML_DOC xmlDocPtr doc =
+        xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    if (!doc)
+        return vm_error(EINVAL, "domain XML is not well-formed"), NULL;
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    if (!root || strcmp((const char *)root->name, "domain") != 0)
+        return vm_error(EINVAL, "XML is not a <domain>"), NULL;
+    CLEANUP_XPATH_CTX xmlXPathContextPtr ctx = xmlXPathNewContext(doc);
+    if (!ctx)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+
+    struct vm_domain *dom = calloc(1, sizeof *dom);
+    if (!dom)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    dom->refcount = 1;
+    dom->name = xpath_string(ctx, root, "string(name)");
+    CLEANUP_FREE char *uuid = xpath_string(ctx, root, "string(uuid)");
+    if (!dom->name || !uuid || strlen(uuid) >= sizeof dom->uuid) {
+        vm_domain_unref(dom);
+        return vm_error(EINVAL, "domain XML lacks a name or UUID"), NULL;
+    }
+    strcpy(dom->uuid, uuid);
+    dom->xml = strdup(xml);
+
+    ctx->node = root;
+    CLEANUP_XPATH_OBJ xmlXPathObjectPtr disks =
+        xmlXPathEvalExpression(BAD_CAST "devices/disk", ctx);
+    size_t n = (disks && disks->nodesetval) ? (size_t)disks->nodesetval->nodeNr : 0;
+    dom->disks = calloc(n ? n : 1, sizeof *dom->disks);
+    dom->sizes = calloc(n ? n : 1, sizeof *dom->sizes);
+    dom->size_errors = calloc(n ? n : 1, sizeof *dom->size_errors);
+    if (!dom->xml || !dom->disks || !dom->sizes || !dom->size_errors) {
+        vm_domain_unref(dom);
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool keep;
+        if (parse_disk(doc, ctx, disks->nodesetval->nodeTab[i], &dom->disks[dom->ndisks], &keep) <
+            0) {
+            vm_domain_unref(dom);
+            return NULL;
+        }
+        if (keep)
+            dom->sizes[dom->ndisks++] = -1;
+    }
+    vm_disks_assign_names(dom->disks, dom->ndisks);
+    for (size_t i = 0; i < dom->ndisks; i++)
+        if (!dom->disks[i].name) {
+            vm_domain_unref(dom);
+            return vm_error(ENOMEM, "out of memory"), NULL;
+        }
+    return dom;
+}
+
+struct vm_domain *vm_domain_ref(struct vm_domain *d)
+{
+    if (d)
+        __atomic_add_fetch(&d->refcount, 1, __ATOMIC_RELAXED);
+    return d;
+}
+
+void vm_domain_unref(struct vm_domain *d)
+{
+    if (!d || __atomic_sub_fetch(&d->refcount, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    for (size_t i = 0; i < d->ndisks; i++) {
+        disk_clear(&d->disks[i]);
+        if (d->size_errors)
+            free(d->size_errors[i]);
+    }
+    free(d->disks);
+    free(d->sizes);
+    free(d->size_errors);
+    free(d->name);
+    free(d->xml);
+    free(d);
+}
+
+const struct vm_disk *vm_domain_find_disk(const struct vm_domain *d, const char *name,
+                                          size_t *index)
+{
+    for (size_t i = 0; i < d->ndisks; i++)
+        if (strcmp(d->disks[i].name, name) == 0) {
+            if (index)
+                *index = i;
+            return &d->disks[i];
+        }
+    return NULL;
+}
+
+const char *vm_domain_state_name(int state)
+{
+    switch (state) {
+    case VIR_DOMAIN_RUNNING:
+        return "running";
+    case VIR_DOMAIN_BLOCKED:
+        return "idle";
+    case VIR_DOMAIN_PAUSED:
+        return "paused";
+    case VIR_DOMAIN_SHUTDOWN:
+        return "in shutdown";
+    case VIR_DOMAIN_SHUTOFF:
+        return "shut off";
+    case VIR_DOMAIN_CRASHED:
+        return "crashed";
+    case VIR_DOMAIN_PMSUSPENDED:
+        return "pmsuspended";
+    default:
+        return "no state";
+    }
+}

@@ -1,0 +1,195 @@
+/* virtmount core library: what fs/ may use.
+ *
+ * Nothing here knows about FUSE.  Every function that can fail returns -1 or
+ * NULL and records an errno and a message with vm_error_*; the caller decides
+ * whether and how to log it.  Functions never print.
+ */
+#ifndef VIRTMOUNT_H
+#define VIRTMOUNT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+/* ---- error.c ------------------------------------------------------------ */
+
+/** Record errno ERRNUM and a printf-style message for this thread; returns -1. */
+int vm_error(int errnum, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/** Like vm_error, appending ": " and libvirt's last error message of this thread. */
+int vm_error_libvirt(int errnum, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/** The errno of this thread's last recorded error (EIO if none was recorded). */
+int vm_error_errno(void);
+/** The message of this thread's last recorded error ("" if none). Valid until the next error. */
+const char *vm_error_message(void);
+void vm_error_clear(void);
+
+/* ---- domxml.c ----------------------------------------------------------- */
+
+/** One disk of a domain, as read from its XML. All strings owned by the struct. */
+struct vm_disk {
+    char *name;        /* its name under devices/: serial or target, unique in the domain */
+    char *target;      /* target dev: vda, sdb, hdc */
+    char *bus;         /* virtio, scsi, sata, ide, fdc, usb, ... ("" if unknown) */
+    char *device;      /* disk, cdrom, floppy, lun */
+    char *type;        /* source type: file, block, volume, network, dir, nvme, vhostuser */
+    char *source;      /* a path, pool/volume, or protocol://host:port/name ("" if none) */
+    char *format;      /* driver type: qcow2, raw, ... ("" if unknown) */
+    char *serial;      /* NULL when the disk has none */
+    bool readonly;
+    bool shareable;
+    char *xml;         /* the <disk> element, serialized */
+};
+
+/** What virtmount knows of one domain. Immutable once published; refcounted. */
+struct vm_domain {
+    int refcount;
+    char *name;
+    char uuid[37];     /* canonical string form */
+    int state;         /* virDomainState */
+    char *xml;         /* as virDomainGetXMLDesc(flags 0) gives it */
+    size_t ndisks;
+    struct vm_disk *disks;
+    /* Filled by host.c, not by the parser: capacity in bytes per disk, or -1 with a reason. */
+    int64_t *sizes;
+    char **size_errors;
+    time_t read_at;    /* when host.c read it: the mtime of its files */
+};
+
+/**
+ * Parse a domain's XML: name, UUID and disks, named as DESIGN.md says (serial
+ * when legal and unique, else target; CD-ROMs and floppies without media left
+ * out).  Returns a new domain with refcount 1, state 0 and no sizes; NULL
+ * with EINVAL when the XML is not a domain.
+ */
+struct vm_domain *vm_domxml_parse(const char *xml);
+
+/** True when S may be used as a file name in the tree. */
+bool vm_name_is_legal(const char *s);
+
+/** Take a reference. */
+struct vm_domain *vm_domain_ref(struct vm_domain *d);
+/** Drop a reference; frees at zero. Accepts NULL. */
+void vm_domain_unref(struct vm_domain *d);
+/** The disk named NAME, or NULL. */
+const struct vm_disk *vm_domain_find_disk(const struct vm_domain *d, const char *name,
+                                          size_t *index);
+/** "running", "shut off", ... as virsh prints a virDomainState. */
+const char *vm_domain_state_name(int state);
+
+/* ---- config.c ----------------------------------------------------------- */
+
+struct vm_host_config {
+    char *name;
+    char *uri;
+};
+
+struct vm_config {
+    size_t nhosts;
+    struct vm_host_config *hosts;
+};
+
+/**
+ * Add host NAME=URI (the text of -o host=).  EINVAL for a malformed spec or an
+ * illegal name, EEXIST for a name already configured.
+ */
+int vm_config_add_host_spec(struct vm_config *c, const char *spec);
+/** Add host NAME with URI. Errors as vm_config_add_host_spec. */
+int vm_config_add_host(struct vm_config *c, const char *name, const char *uri);
+/**
+ * Read a config file (format: virtmount(1), FILES).  A missing file is an
+ * error (ENOENT) only when MUST_EXIST; syntax errors are EINVAL naming the
+ * line.
+ */
+int vm_config_read_file(struct vm_config *c, const char *path, bool must_exist);
+/** Parse the text of a config file; SOURCE names it in messages. */
+int vm_config_parse(struct vm_config *c, const char *text, const char *source);
+void vm_config_clear(struct vm_config *c);
+
+/* ---- ino.c -------------------------------------------------------------- */
+
+/** Inode numbers stable across mounts, from a registry file in the state dir. */
+struct vm_ino_registry;
+
+/**
+ * Open (creating) the registry in directory DIR; NULL DIR gives a registry kept
+ * in memory only.  The file is locked: EBUSY if another virtmount holds it.
+ */
+struct vm_ino_registry *vm_ino_open(const char *dir);
+/** Close; accepts NULL. */
+void vm_ino_close(struct vm_ino_registry *r);
+/**
+ * The inode number of the object named by KEY (KEYLEN bytes, any bytes),
+ * allocating and recording a new one the first time.  Never returns 0 or 1
+ * (1 is the root's).  Returns 0 with an error recorded when the registry
+ * cannot be written.
+ */
+uint64_t vm_ino_get(struct vm_ino_registry *r, const void *key, size_t keylen);
+
+/* ---- host.c ------------------------------------------------------------- */
+
+struct vm_host;
+
+enum vm_host_kind { VM_HOST_CONFIGURED, VM_HOST_SYSTEM, VM_HOST_EMBEDDED };
+
+/** Called (from a host's own thread, with no lock held) when something changed. */
+struct vm_host_listener {
+    /* DOMAIN_UUID NULL: the host itself changed (up/down, domain list). */
+    void (*changed)(void *opaque, struct vm_host *h, const char *domain_uuid);
+    void *opaque;
+};
+
+/** Start libvirt's event loop thread. Call once, before any vm_host_new. */
+int vm_event_loop_start(void);
+/** Stop it (after every host is freed). */
+void vm_event_loop_stop(void);
+
+/**
+ * Choose localhost's URI: qemu:///system when a daemon answers there, else
+ * the embedded driver rooted at STATEDIR/embed (with a qemu.conf that works
+ * as root).  Returns a new string; *KIND says which.
+ */
+char *vm_host_choose_local_uri(const char *statedir, enum vm_host_kind *kind);
+
+/** A host named NAME reached at URI; its thread connects, reconnects and follows events. */
+struct vm_host *vm_host_new(const char *name, const char *uri, enum vm_host_kind kind,
+                            const struct vm_host_listener *listener);
+/** Wait up to TIMEOUT_MS for the first connection attempt to finish. */
+void vm_host_wait_ready(struct vm_host *h, int timeout_ms);
+/** Stop its thread, close its connection; accepts NULL. */
+void vm_host_free(struct vm_host *h);
+
+const char *vm_host_name(const struct vm_host *h);
+const char *vm_host_uri(const struct vm_host *h);
+enum vm_host_kind vm_host_kind(const struct vm_host *h);
+
+/** A snapshot of a host's domains, sorted by name. Immutable; release with vm_domlist_unref. */
+struct vm_domlist {
+    int refcount;
+    time_t read_at;
+    size_t n;
+    struct vm_domain **v;
+};
+
+/**
+ * The host's current domains.  When the host is down: NULL with EHOSTUNREACH
+ * and the reason (the libvirt message) recorded.
+ */
+struct vm_domlist *vm_host_domains(struct vm_host *h);
+void vm_domlist_unref(struct vm_domlist *l);
+/** The domain named NAME in L, or NULL. */
+struct vm_domain *vm_domlist_find(const struct vm_domlist *l, const char *name);
+/** The domain with UUID in L, or NULL. */
+struct vm_domain *vm_domlist_find_uuid(const struct vm_domlist *l, const char *uuid);
+
+/** True when the host is connected; else *REASON (if not NULL) gets a copy of why not. */
+bool vm_host_is_up(struct vm_host *h, char **reason);
+
+/** Append the host's part of /.status to the text in *BUF (malloc'd, grown). */
+int vm_host_status(struct vm_host *h, char **buf, size_t *len);
+
+/** Name prefix of virtmount's own appliance domains; never listed. */
+#define VM_APPLIANCE_PREFIX "virtmount-appliance-"
+
+#endif
