@@ -29,6 +29,10 @@ struct options {
     bool allow_other;
     bool show_help;
     bool show_version;
+    enum vm_accel accel;
+    unsigned max_drives;
+    unsigned appliance_idle;
+    bool appliance_eager;
     bool parse_failed; /* fuse_opt_parse's callback cannot return why: vm_error has it */
 };
 
@@ -58,16 +62,22 @@ enum node_kind {
     NODE_DEVICE,
     NODE_DEVICE_FILE,
     NODE_DISKS,
+    NODE_PLUGGED,      /* disks/<name>/: a plugged disk */
+    NODE_PLUGGED_FILE, /* its image and info */
+    NODE_GUEST,        /* anything inside one of its filesystems */
     NODE_KIND_COUNT
 };
 
-/** Who a node is.  DISK points into the node, or into the caller's buffers during a call. */
+/** Who a node is.  Strings point into the node, or into the caller's buffers during a call. */
 struct node_id {
     enum node_kind kind;
-    struct vm_host *host; /* NULL above hosts */
-    char uuid[37];        /* domain UUID from NODE_DOMAIN down, else "" */
-    const char *disk;     /* device name, for NODE_DEVICE and its files */
-    int file;             /* index of a file in its directory's table */
+    struct vm_host *host;   /* NULL above hosts */
+    char uuid[37];          /* domain UUID from NODE_DOMAIN down, else "" */
+    const char *disk;       /* device name, for NODE_DEVICE, NODE_PLUGGED and below */
+    int file;               /* index of a file in its directory's table */
+    const char *fsname;     /* NODE_GUEST: the filesystem's directory (part1, whole, ...) */
+    const char *path;       /* NODE_GUEST: the path inside it, "/" for its top */
+    const struct stat *st;  /* NODE_GUEST: the guest's attributes (st_ino: the guest's own) */
 };
 
 struct node {
@@ -80,8 +90,14 @@ struct node {
     char uuid[37];
     char *disk;
     int file;
+    char *fsname;
+    char *path;
+    struct stat st; /* NODE_GUEST: the guest's attributes; they cannot change while plugged */
     struct node *hash_next;
 };
+
+/** True for directories (a guest node is one when the guest says so). */
+bool node_is_dir(const struct node *n);
 
 /** A node's identity as a node_id. */
 struct node_id node_identity(const struct node *n);
@@ -118,16 +134,22 @@ size_t inode_collect(struct vm_host *h, const char *uuid, struct invalidation **
 
 /* ---- nodes: one file per kind, one table ---- */
 
-/** A directory listing being built. */
+/** A directory listing being built: each entry with who it is, for readdirplus. */
 struct dir_list {
     size_t n, cap;
     struct dir_entry {
         char *name;
         fuse_ino_t ino;
-        mode_t type; /* S_IFDIR or S_IFREG */
+        mode_t type;          /* S_IFMT bits */
+        struct node_id id;    /* its strings point into the owned copies below */
+        char *disk, *fsname, *path;
+        bool has_st;
+        struct stat st;
     } *v;
 };
 int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name);
+/** The identity of entry E (valid while the list is). */
+struct node_id dir_list_entry_id(struct dir_entry *e);
 void dir_list_free(struct dir_list *l);
 
 /** A domain snapshot a node was resolved against; release with resolved_release. */
@@ -147,8 +169,14 @@ struct node_ops {
     int (*getattr)(const struct node *n, struct stat *st);
     int (*lookup)(const struct node *dir, const char *name, struct node_id *child);
     int (*readdir)(const struct node *dir, struct dir_list *list);
-    /** The content of a file, malloc'd. */
+    /** The content of a small generated file, malloc'd (its size is its length). */
     int (*content)(const struct node *file, char **buf, size_t *len);
+    /** Files with real data instead: open, read (a full buffer unless at the end), release. */
+    int (*open)(const struct node *file, void **handle);
+    ssize_t (*read)(const struct node *file, void *handle, char *buf, size_t size, off_t off);
+    void (*release)(const struct node *file, void *handle);
+    /** The target of a symbolic link, malloc'd. */
+    char *(*readlink)(const struct node *link);
     /** mkdir/rmdir under this directory; NULL: EPERM. */
     int (*mkdir)(const struct node *dir, const char *name);
     int (*rmdir)(const struct node *dir, const char *name);
@@ -156,7 +184,10 @@ struct node_ops {
 
 extern const struct node_ops node_root_ops, node_status_ops, node_host_ops, node_domain_ops,
     node_domain_file_ops, node_devices_ops, node_device_ops, node_device_file_ops,
-    node_disks_ops;
+    node_disks_ops, node_plugged_ops, node_plugged_file_ops, node_guest_ops;
+
+/** The plug a node under disks/<name>/ belongs to, referenced; NULL (ENOENT) if unplugged. */
+struct vm_plug *node_plug(const struct node *n);
 const struct node_ops *node_ops_of(enum node_kind kind);
 
 /** The identity of a child of PARENT: same host, domain and disk unless given. */

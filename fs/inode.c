@@ -28,14 +28,22 @@ static const char *const kind_keys[NODE_KIND_COUNT] = {
     [NODE_ROOT] = "",          [NODE_STATUS] = "status",  [NODE_HOST] = "host",
     [NODE_DOMAIN] = "domain",  [NODE_DOMAIN_FILE] = "df", [NODE_DEVICES] = "devices",
     [NODE_DEVICE] = "device",  [NODE_DEVICE_FILE] = "vf", [NODE_DISKS] = "disks",
+    [NODE_PLUGGED] = "plugged", [NODE_PLUGGED_FILE] = "pf", [NODE_GUEST] = "guest",
 };
 
-/* The registry key of ID: host name, domain UUID and path inside the domain. */
+/* The registry key of ID: host name, domain UUID and path inside the domain;
+ * for a guest file, its filesystem and the guest's own inode number, so hard
+ * links are one node and a file keeps its number across replugs. */
 static int key_of(const struct node_id *id, char **key)
 {
     const char *host = id->host ? vm_host_name(id->host) : "";
-    int n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%d", kind_keys[id->kind], host,
-                     id->uuid, id->disk ? id->disk : "", id->file);
+    int n;
+    if (id->kind == NODE_GUEST)
+        n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%s\x1f%llu", kind_keys[id->kind], host,
+                     id->uuid, id->disk, id->fsname, (unsigned long long)id->st->st_ino);
+    else
+        n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%d", kind_keys[id->kind], host, id->uuid,
+                     id->disk ? id->disk : "", id->file);
     return n < 0 ? vm_error(ENOMEM, "out of memory") : n;
 }
 
@@ -52,7 +60,13 @@ fuse_ino_t inode_number(const struct node_id *id)
 
 struct node_id node_identity(const struct node *n)
 {
-    struct node_id id = {.kind = n->kind, .host = n->host, .disk = n->disk, .file = n->file};
+    struct node_id id = {.kind = n->kind,
+                         .host = n->host,
+                         .disk = n->disk,
+                         .file = n->file,
+                         .fsname = n->fsname,
+                         .path = n->path,
+                         .st = n->kind == NODE_GUEST ? &n->st : NULL};
     memcpy(id.uuid, n->uuid, sizeof id.uuid);
     return id;
 }
@@ -71,6 +85,8 @@ static void node_free(struct node *n)
 {
     free(n->name);
     free(n->disk);
+    free(n->fsname);
+    free(n->path);
     free(n);
 }
 
@@ -139,7 +155,14 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
         memcpy(n->uuid, id->uuid, sizeof n->uuid);
         if (id->disk)
             n->disk = strdup(id->disk);
-        if (!n->name || (id->disk && !n->disk)) {
+        if (id->fsname)
+            n->fsname = strdup(id->fsname);
+        if (id->path)
+            n->path = strdup(id->path);
+        if (id->st)
+            n->st = *id->st;
+        if (!n->name || (id->disk && !n->disk) || (id->fsname && !n->fsname) ||
+            (id->path && !n->path)) {
             node_free(n);
             return vm_error(ENOMEM, "out of memory"), NULL;
         }

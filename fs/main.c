@@ -42,6 +42,11 @@ void fs_log(int priority, const char *fmt, ...)
     va_end(ap);
 }
 
+static void lib_notice(int level, const char *message)
+{
+    fs_log(level == 0 ? LOG_INFO : LOG_WARNING, "%s", message);
+}
+
 /* mkdir -p for the state dir, then its absolute path (libvirt's embed root must be one). */
 static char *prepare_statedir(const char *dir)
 {
@@ -110,6 +115,12 @@ int main(int argc, char **argv)
     }
     free(o.statedir);
     o.statedir = statedir;
+    vm_settings.statedir = o.statedir;
+    vm_settings.accel = o.accel;
+    vm_settings.max_drives = o.max_drives;
+    vm_settings.appliance_idle = o.appliance_idle;
+    vm_settings.appliance_eager = o.appliance_eager;
+    vm_settings.notice = lib_notice;
     registry = vm_ino_open(o.statedir);
     if (!registry) {
         fail(NULL);
@@ -142,6 +153,14 @@ int main(int argc, char **argv)
     }
     loop_started = true;
 
+    /* Before any host starts: its first change notice looks nodes up. */
+    size_t nconfigured = o.hosts.nhosts ? o.hosts.nhosts : 1;
+    hosts = calloc(nconfigured, sizeof *hosts);
+    if (!hosts) {
+        fs_log(LOG_ERR, "out of memory");
+        goto out;
+    }
+    inode_table_init(registry, hosts, 0);
     if (o.hosts.nhosts == 0) {
         enum vm_host_kind kind;
         char *uri = vm_host_choose_local_uri(o.statedir, &kind);
@@ -152,14 +171,12 @@ int main(int argc, char **argv)
         fs_log(LOG_NOTICE, "no host configured: localhost is %s (%s)", uri,
                kind == VM_HOST_SYSTEM ? "a libvirt daemon answers there"
                                       : "no daemon answers at qemu:///system: embedded driver");
-        hosts = calloc(1, sizeof *hosts);
-        if (hosts && (hosts[0] = vm_host_new("localhost", uri, kind,
+        if ((hosts[0] = vm_host_new("localhost", uri, kind,
                                              &(struct vm_host_listener){fs_host_changed, NULL})))
             nhosts = 1;
         free(uri);
     } else {
-        hosts = calloc(o.hosts.nhosts, sizeof *hosts);
-        for (size_t i = 0; hosts && i < o.hosts.nhosts; i++) {
+        for (size_t i = 0; i < o.hosts.nhosts; i++) {
             hosts[i] = vm_host_new(o.hosts.hosts[i].name, o.hosts.hosts[i].uri,
                                    VM_HOST_CONFIGURED,
                                    &(struct vm_host_listener){fs_host_changed, NULL});
@@ -168,15 +185,26 @@ int main(int argc, char **argv)
             nhosts++;
         }
     }
-    if (!hosts || nhosts == 0 || (o.hosts.nhosts && nhosts < o.hosts.nhosts)) {
+    inode_table_init(registry, hosts, nhosts);
+    if (nhosts == 0 || (o.hosts.nhosts && nhosts < o.hosts.nhosts)) {
         fs_log(LOG_ERR, "cannot start hosts: %s", vm_error_message());
         goto out;
     }
-    inode_table_init(registry, hosts, nhosts);
     /* A listing right after mount should see the domains, not "connecting". */
-    for (size_t i = 0; i < nhosts; i++)
-        vm_host_wait_ready(hosts[i], 10000);
+    /* The hosts connect in parallel: ten seconds for all of them. */
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (size_t i = 0; i < nhosts; i++) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long spent = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+        if (spent < 10000)
+            vm_host_wait_ready(hosts[i], (int)(10000 - spent));
+    }
     fs_set_session(se);
+    if (o.appliance_eager)
+        for (size_t i = 0; i < nhosts; i++)
+            vm_plug_start_eager(hosts[i]);
 
     struct fuse_loop_config *loop = fuse_loop_cfg_create();
     fuse_loop_cfg_set_max_threads(loop, 16);
@@ -187,6 +215,8 @@ int main(int argc, char **argv)
 
 out:
     fs_set_session(NULL);
+    /* No appliance, qemu or connector outlives the mount. */
+    vm_plugs_shutdown();
     for (size_t i = 0; i < nhosts; i++)
         vm_host_free(hosts[i]);
     free(hosts);

@@ -138,7 +138,7 @@ static int device_file_content(const struct node *n, char **buf, size_t *len)
         ret = asprintf(buf, "%d\n", d->readonly ? 1 : 0);
         break;
     default:
-        ret = asprintf(buf, "0\n"); /* plugging comes with the appliance */
+        ret = asprintf(buf, "%d\n", vm_plug_is_plugged(n->host, n->uuid, d->name) ? 1 : 0);
         break;
     }
     resolved_release(&r);

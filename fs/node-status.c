@@ -17,7 +17,7 @@ static int status_content(const struct node *n, char **buf, size_t *len)
     *buf = NULL;
     *len = 0;
     for (size_t i = 0; i < nhosts; i++)
-        if (vm_host_status(hosts[i], buf, len) < 0) {
+        if (vm_host_status(hosts[i], buf, len) < 0 || vm_plug_status(hosts[i], buf, len) < 0) {
             free(*buf);
             return -1;
         }

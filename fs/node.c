@@ -19,6 +19,9 @@ static const struct node_ops *const kinds[NODE_KIND_COUNT] = {
     [NODE_DEVICE] = &node_device_ops,
     [NODE_DEVICE_FILE] = &node_device_file_ops,
     [NODE_DISKS] = &node_disks_ops,
+    [NODE_PLUGGED] = &node_plugged_ops,
+    [NODE_PLUGGED_FILE] = &node_plugged_file_ops,
+    [NODE_GUEST] = &node_guest_ops,
 };
 
 const struct node_ops *node_ops_of(enum node_kind kind)
@@ -39,18 +42,53 @@ int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name)
         l->v = v;
         l->cap = cap;
     }
-    char *copy = strdup(name);
-    if (!copy)
+    struct dir_entry *e = &l->v[l->n];
+    memset(e, 0, sizeof *e);
+    e->name = strdup(name);
+    e->disk = id->disk ? strdup(id->disk) : NULL;
+    e->fsname = id->fsname ? strdup(id->fsname) : NULL;
+    e->path = id->path ? strdup(id->path) : NULL;
+    if (!e->name || (id->disk && !e->disk) || (id->fsname && !e->fsname) ||
+        (id->path && !e->path)) {
+        free(e->name);
+        free(e->disk);
+        free(e->fsname);
+        free(e->path);
         return vm_error(ENOMEM, "out of memory");
-    l->v[l->n++] = (struct dir_entry){
-        .name = copy, .ino = ino, .type = node_ops_of(id->kind)->is_dir ? S_IFDIR : S_IFREG};
+    }
+    e->ino = ino;
+    e->id = *id;
+    e->id.disk = e->disk;
+    e->id.fsname = e->fsname;
+    e->id.path = e->path;
+    e->id.st = NULL;
+    if (id->st) {
+        e->has_st = true;
+        e->st = *id->st;
+        e->id.st = &e->st; /* fixed up again by dir_list_entry_id: the array may move */
+        e->type = id->st->st_mode & S_IFMT;
+    } else {
+        e->type = node_ops_of(id->kind)->is_dir ? S_IFDIR : S_IFREG;
+    }
+    l->n++;
     return 0;
+}
+
+struct node_id dir_list_entry_id(struct dir_entry *e)
+{
+    struct node_id id = e->id;
+    id.st = e->has_st ? &e->st : NULL;
+    return id;
 }
 
 void dir_list_free(struct dir_list *l)
 {
-    for (size_t i = 0; i < l->n; i++)
+    for (size_t i = 0; i < l->n; i++) {
         free(l->v[i].name);
+        free(l->v[i].disk);
+        free(l->v[i].fsname);
+        free(l->v[i].path);
+    }
     free(l->v);
     l->v = NULL;
     l->n = l->cap = 0;
@@ -85,6 +123,18 @@ void resolved_release(struct resolved *r)
 {
     vm_domlist_unref(r->list);
     memset(r, 0, sizeof *r);
+}
+
+bool node_is_dir(const struct node *n)
+{
+    if (n->kind == NODE_GUEST)
+        return S_ISDIR(n->st.st_mode);
+    return node_ops_of(n->kind)->is_dir;
+}
+
+struct vm_plug *node_plug(const struct node *n)
+{
+    return vm_plug_find(n->host, n->uuid, n->disk);
 }
 
 struct node_id node_child(const struct node *parent, enum node_kind kind, const char *disk,

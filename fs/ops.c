@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <syslog.h>
 
@@ -36,9 +37,12 @@ static void reply_error(fuse_req_t req, const char *op)
 
 static void reply_refused(fuse_req_t req, int e, const char *op, const char *name)
 {
-    vm_error(e, "%s%s%s: %s", op, name ? " " : "", name ? name : "",
-             e == EROFS ? "virtmount is read-only" : "only disks/ takes mkdir and rmdir");
-    reply_error(req, op);
+    vm_error(e, "%s", e == EROFS ? "virtmount is read-only"
+                                 : "mkdir and rmdir plug and unplug, in disks/ only");
+    CLEANUP_FREE char *what = NULL;
+    if (asprintf(&what, "%s%s%s", op, name ? " " : "", name ? name : "") < 0)
+        what = NULL;
+    reply_error(req, what ? what : op);
 }
 
 /* Stat N, with the size of a file's content. */
@@ -49,7 +53,7 @@ static int node_stat(const struct node *n, struct stat *st)
     if (ops->getattr(n, st) < 0)
         return -1;
     st->st_ino = n->ino;
-    if (!ops->is_dir) {
+    if (ops->content) {
         CLEANUP_FREE char *buf = NULL;
         size_t len = 0;
         if (ops->content(n, &buf, &len) < 0)
@@ -59,6 +63,44 @@ static int node_stat(const struct node *n, struct stat *st)
     }
     return 0;
 }
+
+/* Files and directories open under a plugged disk keep rmdir from unplugging it. */
+static bool under_plug(const struct node *n)
+{
+    return n->kind == NODE_PLUGGED_FILE || n->kind == NODE_GUEST;
+}
+
+static int open_plug(const struct node *n, struct vm_plug **plug)
+{
+    *plug = NULL;
+    if (!under_plug(n))
+        return 0;
+    *plug = node_plug(n);
+    if (!*plug)
+        return -1;
+    vm_plug_open(*plug);
+    return 0;
+}
+
+static void close_plug(struct vm_plug *p)
+{
+    if (p) {
+        vm_plug_close(p);
+        vm_plug_unref(p);
+    }
+}
+
+struct open_dir {
+    struct dir_list list;
+    struct vm_plug *plug;
+};
+
+struct open_file {
+    char *buf; /* a generated file's content */
+    size_t len;
+    void *handle; /* or a data file's */
+    struct vm_plug *plug;
+};
 
 static struct node *find_node(fuse_ino_t ino)
 {
@@ -74,7 +116,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     if (!dir)
         return reply_error(req, "lookup");
     const struct node_ops *ops = node_ops_of(dir->kind);
-    if (!ops->is_dir) {
+    if (!node_is_dir(dir)) {
         vm_error(ENOTDIR, "lookup %s: not a directory", name);
         return reply_error(req, "lookup");
     }
@@ -124,33 +166,39 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     if (!n)
         return reply_error(req, "opendir");
     const struct node_ops *ops = node_ops_of(n->kind);
-    if (!ops->is_dir) {
+    if (!node_is_dir(n)) {
         vm_error(ENOTDIR, "opendir: not a directory");
         return reply_error(req, "opendir");
     }
     /* The listing is taken once, at opendir, so a reader sees one snapshot. */
-    struct dir_list *list = calloc(1, sizeof *list);
-    if (!list) {
+    struct open_dir *d = calloc(1, sizeof *d);
+    if (!d) {
         vm_error(ENOMEM, "out of memory");
         return reply_error(req, "opendir");
     }
     struct node_id self = node_identity(n);
     struct node *parent = find_node(n->parent);
     struct node_id up = parent ? node_identity(parent) : self;
-    if (dir_list_add(list, &self, ".") < 0 || dir_list_add(list, &up, "..") < 0 ||
-        ops->readdir(n, list) < 0) {
-        dir_list_free(list);
-        free(list);
+    if (open_plug(n, &d->plug) < 0 || dir_list_add(&d->list, &self, ".") < 0 ||
+        dir_list_add(&d->list, &up, "..") < 0 || ops->readdir(n, &d->list) < 0) {
+        close_plug(d->plug);
+        dir_list_free(&d->list);
+        free(d);
         return reply_error(req, "opendir");
     }
-    fi->fh = (uintptr_t)list;
+    /* A plugged disk cannot change while plugged: let the kernel keep the listing. */
+    if (d->plug) {
+        fi->cache_readdir = 1;
+        fi->keep_cache = 1;
+    }
+    fi->fh = (uintptr_t)d;
     fuse_reply_open(req, fi);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                        struct fuse_file_info *fi)
 {
-    struct dir_list *list = (struct dir_list *)(uintptr_t)fi->fh;
+    struct dir_list *list = &((struct open_dir *)(uintptr_t)fi->fh)->list;
     CLEANUP_FREE char *buf = malloc(size);
     if (!buf) {
         vm_error(ENOMEM, "out of memory");
@@ -169,18 +217,53 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     fuse_reply_buf(req, buf, used);
 }
 
-static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+/* readdir with each entry's attributes: `ls -l` and file managers need no
+ * lookup per entry, and a guest directory costs its batched listing only. */
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                           struct fuse_file_info *fi)
 {
-    struct dir_list *list = (struct dir_list *)(uintptr_t)fi->fh;
-    dir_list_free(list);
-    free(list);
-    fuse_reply_err(req, 0);
+    struct dir_list *list = &((struct open_dir *)(uintptr_t)fi->fh)->list;
+    CLEANUP_FREE char *buf = malloc(size);
+    if (!buf) {
+        vm_error(ENOMEM, "out of memory");
+        return reply_error(req, "readdirplus");
+    }
+    size_t used = 0;
+    for (size_t i = (size_t)off; i < list->n; i++) {
+        struct dir_entry *de = &list->v[i];
+        struct fuse_entry_param e = {.attr_timeout = ATTR_TIMEOUT,
+                                     .entry_timeout = ENTRY_TIMEOUT};
+        bool dots = i < 2; /* "." and "..": no lookup count for those */
+        size_t need = fuse_add_direntry_plus(req, NULL, 0, de->name, NULL, 0);
+        if (need > size - used)
+            break;
+        if (dots) {
+            e.attr.st_ino = de->ino;
+            e.attr.st_mode = de->type;
+        } else {
+            struct node_id id = dir_list_entry_id(de);
+            struct node *n = inode_get(&id, ino, de->name, true);
+            if (!n || node_stat(n, &e.attr) < 0) {
+                if (n)
+                    inode_forget(n->ino, 1);
+                continue; /* gone since opendir: leave it out */
+            }
+            e.ino = n->ino;
+        }
+        used += fuse_add_direntry_plus(req, buf + used, size - used, de->name, &e,
+                                       (off_t)(i + 1));
+    }
+    fuse_reply_buf(req, buf, used);
 }
 
-struct open_file {
-    char *buf;
-    size_t len;
-};
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct open_dir *d = (struct open_dir *)(uintptr_t)fi->fh;
+    close_plug(d->plug);
+    dir_list_free(&d->list);
+    free(d);
+    fuse_reply_err(req, 0);
+}
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -188,23 +271,37 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if (!n)
         return reply_error(req, "open");
     const struct node_ops *ops = node_ops_of(n->kind);
-    if (ops->is_dir) {
+    if (node_is_dir(n)) {
         vm_error(EISDIR, "open: is a directory");
         return reply_error(req, "open");
     }
     if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
         return reply_refused(req, EROFS, "open for writing", n->name);
+    if (!ops->content && !ops->open) {
+        vm_error(ENXIO, "open %s: devices, fifos and sockets of a guest are not opened",
+                 n->name);
+        return reply_error(req, "open");
+    }
     struct open_file *f = calloc(1, sizeof *f);
     if (!f) {
         vm_error(ENOMEM, "out of memory");
         return reply_error(req, "open");
     }
-    if (ops->content(n, &f->buf, &f->len) < 0) {
+    int r = open_plug(n, &f->plug);
+    if (r == 0)
+        r = ops->content ? ops->content(n, &f->buf, &f->len) : ops->open(n, &f->handle);
+    if (r < 0) {
+        close_plug(f->plug);
         free(f);
         return reply_error(req, "open");
     }
-    /* The content is generated at open: read it from here, not the page cache. */
-    fi->direct_io = 1;
+    if (ops->content) {
+        /* Generated at open: read it from here, not from the page cache. */
+        fi->direct_io = 1;
+    } else {
+        /* A plugged disk cannot change while plugged: keep the page cache. */
+        fi->keep_cache = 1;
+    }
     fi->fh = (uintptr_t)f;
     fuse_reply_open(req, fi);
 }
@@ -213,6 +310,20 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
     struct open_file *f = (struct open_file *)(uintptr_t)fi->fh;
+    if (f->handle) {
+        struct node *n = find_node(ino);
+        const struct node_ops *ops = n ? node_ops_of(n->kind) : NULL;
+        CLEANUP_FREE char *buf = ops ? malloc(size) : NULL;
+        if (!buf) {
+            if (ops)
+                vm_error(ENOMEM, "out of memory");
+            return reply_error(req, "read");
+        }
+        ssize_t got = ops->read(n, f->handle, buf, size, off);
+        if (got < 0)
+            return reply_error(req, "read");
+        return (void)fuse_reply_buf(req, buf, (size_t)got);
+    }
     if (off < 0 || (size_t)off >= f->len)
         return (void)fuse_reply_buf(req, NULL, 0);
     size_t n = f->len - (size_t)off;
@@ -222,10 +333,29 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct open_file *f = (struct open_file *)(uintptr_t)fi->fh;
-    if (f)
-        free(f->buf);
+    struct node *n = find_node(ino);
+    if (n && f->handle && node_ops_of(n->kind)->release)
+        node_ops_of(n->kind)->release(n, f->handle);
+    close_plug(f->plug);
+    free(f->buf);
     free(f);
     fuse_reply_err(req, 0);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+    struct node *n = find_node(ino);
+    if (!n)
+        return reply_error(req, "readlink");
+    const struct node_ops *ops = node_ops_of(n->kind);
+    if (!ops->readlink || !S_ISLNK(n->st.st_mode)) {
+        vm_error(EINVAL, "readlink %s: not a symbolic link", n->name);
+        return reply_error(req, "readlink");
+    }
+    CLEANUP_FREE char *target = ops->readlink(n);
+    if (!target)
+        return reply_error(req, "readlink");
+    fuse_reply_readlink(req, target);
 }
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
@@ -351,6 +481,8 @@ const struct fuse_lowlevel_ops fs_ops = {
     .release = op_release,
     .opendir = op_opendir,
     .readdir = op_readdir,
+    .readdirplus = op_readdirplus,
+    .readlink = op_readlink,
     .releasedir = op_releasedir,
     .statfs = op_statfs,
     .setxattr = op_setxattr,
@@ -367,6 +499,12 @@ static bool still_there(const struct node *n)
 {
     if (n->kind == NODE_HOST)
         return true;
+    if (n->kind == NODE_PLUGGED || n->kind == NODE_PLUGGED_FILE || n->kind == NODE_GUEST) {
+        struct vm_plug *p = node_plug(n);
+        bool there = p && (n->kind != NODE_GUEST || vm_plug_fs_index(p, n->fsname) >= 0);
+        vm_plug_unref(p);
+        return there;
+    }
     struct resolved r;
     if (node_resolve(n, &r) < 0)
         return false;

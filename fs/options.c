@@ -18,6 +18,10 @@ enum {
     KEY_HOST,
     KEY_RO,
     KEY_ALLOW_OTHER,
+    KEY_ACCEL,
+    KEY_MAX_DRIVES,
+    KEY_APPLIANCE_IDLE,
+    KEY_APPLIANCE,
 };
 
 #define OPT(t, p) {t, offsetof(struct options, p), 1}
@@ -27,6 +31,10 @@ static const struct fuse_opt option_spec[] = {
     FUSE_OPT_KEY("host=", KEY_HOST),
     FUSE_OPT_KEY("ro", KEY_RO),
     FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+    FUSE_OPT_KEY("accel=", KEY_ACCEL),
+    FUSE_OPT_KEY("max_drives=", KEY_MAX_DRIVES),
+    FUSE_OPT_KEY("appliance_idle=", KEY_APPLIANCE_IDLE),
+    FUSE_OPT_KEY("appliance=", KEY_APPLIANCE),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
     FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -37,10 +45,63 @@ static const struct fuse_opt option_spec[] = {
     FUSE_OPT_END,
 };
 
+/* An unsigned number in [MIN, MAX] from the text after '=' in ARG. */
+static int parse_number(struct options *o, const char *arg, unsigned min, unsigned max,
+                        unsigned *out)
+{
+    const char *value = strchr(arg, '=') + 1;
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(value, &end, 10);
+    if (errno || end == value || *end || *value == '-' || v < min || v > max) {
+        if (!o->parse_failed)
+            vm_error(EINVAL, "-o %s: expected a number from %u to %u", arg, min, max);
+        o->parse_failed = true;
+        return 0;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int parse_choice(struct options *o, const char *arg, const char *const *choices,
+                        int *out)
+{
+    const char *value = strchr(arg, '=') + 1;
+    for (int i = 0; choices[i]; i++)
+        if (strcmp(value, choices[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    if (!o->parse_failed) {
+        char list[128] = "";
+        for (int i = 0; choices[i]; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
+                     choices[i]);
+        vm_error(EINVAL, "-o %s: expected one of %s", arg, list);
+    }
+    o->parse_failed = true;
+    return 0;
+}
+
 static int process(void *data, const char *arg, int key, struct fuse_args *outargs)
 {
     struct options *o = data;
+    static const char *const accels[] = {"auto", "kvm", "tcg", NULL};
+    static const char *const appliance_modes[] = {"lazy", "eager", NULL};
+    int choice;
     switch (key) {
+    case KEY_ACCEL:
+        if (parse_choice(o, arg, accels, &choice) == 0 && !o->parse_failed)
+            o->accel = (enum vm_accel)choice;
+        return 0;
+    case KEY_MAX_DRIVES:
+        return parse_number(o, arg, 1, 254, &o->max_drives);
+    case KEY_APPLIANCE_IDLE:
+        return parse_number(o, arg, 0, 365 * 24 * 3600, &o->appliance_idle);
+    case KEY_APPLIANCE:
+        if (parse_choice(o, arg, appliance_modes, &choice) == 0 && !o->parse_failed)
+            o->appliance_eager = choice == 1;
+        return 0;
     case KEY_HELP:
         o->show_help = true;
         return 0;
@@ -85,6 +146,9 @@ static int process(void *data, const char *arg, int key, struct fuse_args *outar
 int options_parse(int argc, char **argv, struct options *o, struct fuse_args *fuse_args)
 {
     memset(o, 0, sizeof *o);
+    o->accel = VM_ACCEL_AUTO;
+    o->max_drives = 254;
+    o->appliance_idle = 300;
     *fuse_args = (struct fuse_args)FUSE_ARGS_INIT(argc, argv);
     if (fuse_opt_parse(fuse_args, o, option_spec, process) < 0) {
         if (!o->parse_failed)
@@ -130,6 +194,14 @@ void options_usage(const char *progname)
            "    -o config=FILE         read hosts from FILE (default %s)\n"
            "    -o statedir=DIR        keep state in DIR (default %s)\n"
            "    -o allow_other         let other users in (with default_permissions)\n"
+           "    -o accel=auto|kvm|tcg  how appliances run (default auto: KVM where it works)\n"
+           "    -o max_drives=N        drives per appliance, 1 to 254 (default 254)\n"
+           "    -o appliance_idle=SECONDS\n"
+           "                           stop an appliance with nothing plugged after this long\n"
+           "                           (default 300; 0: keep it until unmount)\n"
+           "    -o appliance=lazy|eager\n"
+           "                           boot each host's appliance at the first plug (lazy,\n"
+           "                           the default) or at mount (eager)\n"
            "\n"
            "With no host configured, localhost is qemu:///system when a libvirt daemon\n"
            "answers there, else libvirt's embedded driver rooted in STATEDIR/embed.\n"

@@ -1,6 +1,8 @@
-/* Domain XML → plain structs.  The only module that parses libvirt XML: it
- * reads a domain's name, UUID and disks with XPath and names each disk as
- * DESIGN.md says.  It does not talk to libvirt and does not know the tree.
+/* libvirt XML, both ways: the only module that reads or writes it.  It reads
+ * a domain's name, UUID and disks with XPath and names each disk as
+ * DESIGN.md says; it writes the appliance's domain and the XML that attaches
+ * a guest's disk to it.  It does not talk to libvirt and does not know the
+ * tree.
  */
 #include "internal.h"
 
@@ -307,4 +309,160 @@ const char *vm_domain_state_name(int state)
     default:
         return "no state";
     }
+}
+
+/* ---- XML virtmount writes --------------------------------------------- */
+
+/* libvirt's name for scsi unit N of the appliance (sda is the root).  Never
+ * handed to the appliance: inside it, drives are reached by serial only. */
+static void target_name(unsigned unit, char out[8])
+{
+    char tmp[8];
+    int n = 0;
+    unsigned u = unit;
+    do {
+        tmp[n++] = (char)('a' + u % 26);
+        u = u / 26;
+    } while (u-- > 0 && n < 5);
+    out[0] = 's';
+    out[1] = 'd';
+    for (int i = 0; i < n; i++)
+        out[2 + i] = tmp[n - 1 - i];
+    out[2 + n] = '\0';
+}
+
+static void escape_into(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        switch (*s) {
+        case '&':
+            fputs("&amp;", f);
+            break;
+        case '<':
+            fputs("&lt;", f);
+            break;
+        case '>':
+            fputs("&gt;", f);
+            break;
+        case '\'':
+            fputs("&apos;", f);
+            break;
+        case '"':
+            fputs("&quot;", f);
+            break;
+        default:
+            fputc(*s, f);
+        }
+    }
+}
+
+char *vm_xml_appliance(const struct vm_appliance_spec *a)
+{
+    char *xml = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&xml, &len);
+    if (!f)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    fprintf(f, "<domain type='%s'>\n  <name>", a->kvm ? "kvm" : "qemu");
+    escape_into(f, a->name);
+    fprintf(f, "</name>\n  <memory unit='MiB'>%u</memory>\n  <vcpu>%u</vcpu>\n", a->memory_mib,
+            a->vcpus);
+    fputs("  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n    <kernel>", f);
+    escape_into(f, a->kernel);
+    fputs("</kernel>\n    <initrd>", f);
+    escape_into(f, a->initrd);
+    /* The command line libguestfs itself gives its appliance. */
+    fprintf(f,
+            "</initrd>\n    <cmdline>panic=1 console=ttyS0 edd=off udevtimeout=6000 "
+            "udev.event-timeout=6000 no_timer_check printk.time=1 cgroup_disable=memory "
+            "usbcore.nousb cryptomgr.notests tsc=reliable 8250.nr_uarts=1 root=UUID=%s "
+            "selinux=0 TERM=xterm</cmdline>\n  </os>\n",
+            a->root_uuid);
+    fputs("  <features><acpi/><apic/></features>\n", f);
+    if (a->kvm)
+        fputs("  <cpu mode='host-passthrough'/>\n", f);
+    else
+        fputs("  <cpu mode='maximum'><feature policy='disable' name='la57'/></cpu>\n", f);
+    fputs("  <clock offset='utc'>\n"
+          "    <timer name='rtc' tickpolicy='catchup'/>\n"
+          "    <timer name='pit' tickpolicy='delay'/>\n"
+          "    <timer name='hpet' present='no'/>\n"
+          "  </clock>\n"
+          "  <on_poweroff>destroy</on_poweroff>\n"
+          "  <on_reboot>destroy</on_reboot>\n"
+          "  <on_crash>destroy</on_crash>\n"
+          "  <devices>\n"
+          "    <controller type='scsi' index='0' model='virtio-scsi'/>\n"
+          "    <controller type='usb' model='none'/>\n"
+          "    <disk type='file' device='disk'>\n"
+          "      <driver name='qemu' type='raw' cache='unsafe'/>\n"
+          "      <source file='",
+          f);
+    escape_into(f, a->root);
+    fputs("'/>\n"
+          "      <target dev='sda' bus='scsi'/>\n"
+          "      <transient shareBacking='yes'/>\n"
+          "      <address type='drive' controller='0' bus='0' target='0' unit='0'/>\n"
+          "    </disk>\n"
+          "    <serial type='pty'><target port='0'/></serial>\n"
+          "    <console type='pty'><target type='serial' port='0'/></console>\n"
+          "    <channel type='unix'>\n"
+          "      <target type='virtio' name='org.libguestfs.channel.0'/>\n"
+          "    </channel>\n"
+          "    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\n"
+          "    <memballoon model='none'/>\n"
+          "  </devices>\n"
+          "</domain>\n",
+          f);
+    if (fclose(f) != 0) {
+        free(xml);
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    }
+    return xml;
+}
+
+/* Children of a guest's <disk> that describe its place in the guest, not its storage. */
+static const char *const dropped_children[] = {
+    "target", "address", "alias",    "boot",     "iotune", "serial",  "readonly",
+    "shareable", "wwn",  "vendor",   "product",  "geometry", "blockio", "transient",
+    "mirror",  "backenddomain", NULL,
+};
+
+char *vm_xml_attach_disk(const char *guest_disk_xml, const char *serial, unsigned unit,
+                         bool readonly)
+{
+    CLEANUP_XML_DOC xmlDocPtr doc =
+        xmlReadMemory(guest_disk_xml, (int)strlen(guest_disk_xml), "disk.xml", NULL,
+                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING |
+                          XML_PARSE_NOBLANKS);
+    xmlNodePtr disk = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!disk || strcmp((const char *)disk->name, "disk") != 0)
+        return vm_error(EINVAL, "not a <disk> element"), NULL;
+    xmlSetProp(disk, BAD_CAST "device", BAD_CAST "disk");
+    for (xmlNodePtr c = disk->children, next; c; c = next) {
+        next = c->next;
+        bool drop = c->type != XML_ELEMENT_NODE;
+        for (size_t i = 0; !drop && dropped_children[i]; i++)
+            drop = strcmp((const char *)c->name, dropped_children[i]) == 0;
+        if (drop) {
+            xmlUnlinkNode(c);
+            xmlFreeNode(c);
+        }
+    }
+    char dev[8], unit_text[16];
+    target_name(unit, dev);
+    snprintf(unit_text, sizeof unit_text, "%u", unit);
+    xmlNodePtr t = xmlNewChild(disk, NULL, BAD_CAST "target", NULL);
+    xmlSetProp(t, BAD_CAST "dev", BAD_CAST dev);
+    xmlSetProp(t, BAD_CAST "bus", BAD_CAST "scsi");
+    xmlNewTextChild(disk, NULL, BAD_CAST "serial", BAD_CAST serial);
+    if (readonly)
+        xmlNewChild(disk, NULL, BAD_CAST "readonly", NULL);
+    xmlNodePtr a = xmlNewChild(disk, NULL, BAD_CAST "address", NULL);
+    xmlSetProp(a, BAD_CAST "type", BAD_CAST "drive");
+    xmlSetProp(a, BAD_CAST "controller", BAD_CAST "0");
+    xmlSetProp(a, BAD_CAST "bus", BAD_CAST "0");
+    xmlSetProp(a, BAD_CAST "target", BAD_CAST "0");
+    xmlSetProp(a, BAD_CAST "unit", BAD_CAST unit_text);
+    return node_to_string(doc, disk);
 }

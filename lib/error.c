@@ -16,9 +16,12 @@ static __thread char error_message[1024];
 
 static void record(int errnum, const char *suffix, const char *fmt, va_list ap)
 {
-    int n = vsnprintf(error_message, sizeof error_message, fmt, ap);
-    if (n >= 0 && suffix && (size_t)n < sizeof error_message)
-        snprintf(error_message + n, sizeof error_message - (size_t)n, ": %s", suffix);
+    /* Format aside first: an argument may be vm_error_message() itself. */
+    char message[sizeof error_message];
+    int n = vsnprintf(message, sizeof message, fmt, ap);
+    if (n >= 0 && suffix && (size_t)n < sizeof message)
+        snprintf(message + n, sizeof message - (size_t)n, ": %s", suffix);
+    memcpy(error_message, message, sizeof message);
     error_errno = errnum ? errnum : EIO;
 }
 

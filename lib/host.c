@@ -198,19 +198,15 @@ static struct vm_domain *read_domain(virDomainPtr dom)
 
 /* ---- the host thread -------------------------------------------------- */
 
+
 static void notify(struct vm_host *h, const char *uuid)
 {
     if (h->listener.changed)
         h->listener.changed(h->listener.opaque, h, uuid);
 }
 
-static void lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int detail,
-                         void *opaque)
+static void queue_uuid(struct vm_host *h, const char *uuid)
 {
-    struct vm_host *h = opaque;
-    char uuid[VIR_UUID_STRING_BUFLEN];
-    if (virDomainGetUUIDString(dom, uuid) < 0)
-        return;
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&h->lock);
     for (size_t i = 0; i < h->npending; i++)
         if (strcmp(h->pending[i], uuid) == 0)
@@ -226,6 +222,14 @@ static void lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int de
             h->refresh_all = true;
     }
     pthread_cond_signal(&h->cond);
+}
+
+static void lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int detail,
+                         void *opaque)
+{
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    if (virDomainGetUUIDString(dom, uuid) == 0)
+        queue_uuid(opaque, uuid);
 }
 
 static void device_cb(virConnectPtr conn, virDomainPtr dom, const char *alias, void *opaque)
@@ -297,6 +301,11 @@ static int connect_host(struct vm_host *h)
         disconnect(h);
         return -1;
     }
+    /* What a killed virtmount left behind (the embedded driver keeps it running). */
+    int removed = vm_appliances_cleanup(h->conn);
+    if (removed > 0)
+        vm_notice(VM_NOTICE_WARNING, "host %s: removed %d appliance(s) left by an earlier run",
+                  h->name, removed);
     return 0;
 }
 
@@ -590,6 +599,22 @@ const char *vm_host_uri(const struct vm_host *h)
 enum vm_host_kind vm_host_kind(const struct vm_host *h)
 {
     return h->kind;
+}
+
+virConnectPtr vm_host_connection(struct vm_host *h)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&h->lock);
+    if (!h->up || !h->conn)
+        return vm_error(EHOSTUNREACH, "host %s is down: %s", h->name,
+                        h->down_reason ? h->down_reason : "not connected"),
+               NULL;
+    virConnectRef(h->conn);
+    return h->conn;
+}
+
+void vm_host_refresh_later(struct vm_host *h, const char *uuid)
+{
+    queue_uuid(h, uuid);
 }
 
 bool vm_host_is_up(struct vm_host *h, char **reason)

@@ -213,6 +213,7 @@ uint64_t vm_ino_get(struct vm_ino_registry *r, const void *key, size_t keylen)
             return vm_error(e, "cannot append to the inode registry: %s", strerror(e)), 0;
         }
     }
+    r->next = ino + 1; /* recorded: never handed out again, even if insert fails */
     if (insert(r, key, keylen, ino) < 0)
         return 0;
     return ino;

@@ -6,12 +6,117 @@
 
 #include "virtmount.h"
 
+#include <libvirt/libvirt.h>
+#include <guestfs.h>
+#include <stdio.h>
+
+/* ---- channel.c ---- */
+
+struct vm_channel;
+
+/**
+ * Open the appliance's guestfsd channel NAME (or, when CONSOLE, its console)
+ * as a non-blocking stream on the event loop.  ON_CLOSE is called once, on
+ * the event loop thread, when the channel ends by itself (not for a console).
+ */
+struct vm_channel *vm_channel_open(virConnectPtr conn, virDomainPtr dom, const char *name,
+                                   bool console,
+                                   void (*on_close)(void *opaque, const char *reason),
+                                   void *opaque);
+/** Wait for guestfsd's launch flag: ETIMEDOUT after TIMEOUT_MS, EIO if the channel ends. */
+int vm_channel_wait_flag(struct vm_channel *c, int timeout_ms);
+/** Join the guestfs handle's socket FD (taken) to the channel, replaying the flag. */
+int vm_channel_attach(struct vm_channel *c, int fd);
+/** The last MAX bytes a console printed (malloc'd). */
+char *vm_channel_console_tail(struct vm_channel *c, size_t max);
+bool vm_channel_is_closed(struct vm_channel *c);
+/** Close and release; accepts NULL. ON_CLOSE is not called. */
+void vm_channel_close(struct vm_channel *c);
+
 /* ---- domxml.c ---- */
 
 /** Give each of N disks its name: serial when legal and unique, else target. */
 void vm_disks_assign_names(struct vm_disk *disks, size_t n);
 
+/** What the appliance domain is made of (see vm_xml_appliance). */
+struct vm_appliance_spec {
+    const char *name;
+    bool kvm;
+    unsigned memory_mib;
+    unsigned vcpus;
+    const char *kernel, *initrd, *root, *root_uuid;
+};
+
+/** The transient domain XML of an appliance. Returns a new string. */
+char *vm_xml_appliance(const struct vm_appliance_spec *spec);
+/**
+ * The XML that attaches a guest's disk (its <disk> element as the guest has
+ * it) to an appliance: device='disk', our target, SCSI unit UNIT, SERIAL,
+ * <readonly/> when READONLY; alias, boot order, iotune and the like dropped.
+ */
+char *vm_xml_attach_disk(const char *guest_disk_xml, const char *serial, unsigned unit,
+                         bool readonly);
+
+/* ---- appliance.c ---- */
+
+#define VM_MAX_UNITS 255
+
+enum { VM_NOTICE_INFO, VM_NOTICE_WARNING };
+/** Tell the application something worth logging (through vm_settings.notice). */
+void vm_notice(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/** The id naming this instance's appliances (host name and state dir). */
+const char *vm_instance_id(void);
+
+struct vm_appliance;
+/** Called on a thread of its own when boot GENERATION of an appliance died by itself. */
+typedef void (*vm_appliance_dead_fn)(struct vm_appliance *a, unsigned generation,
+                                     const char *why);
+
+struct vm_appliance *vm_appliance_new(struct vm_host *h, unsigned index,
+                                      vm_appliance_dead_fn on_dead, void *opaque);
+/** Boot it unless it runs; join a boot in flight.  Bounded. */
+int vm_appliance_start(struct vm_appliance *a);
+/** Stop boot GENERATION (0: whatever runs): handle, channel, domain. */
+void vm_appliance_stop(struct vm_appliance *a, unsigned generation);
+void vm_appliance_free(struct vm_appliance *a);
+/** A free SCSI unit (ENOSPC past max_drives) and the boot it belongs to. */
+int vm_appliance_reserve_unit(struct vm_appliance *a, unsigned *unit, unsigned *generation);
+void vm_appliance_release_unit(struct vm_appliance *a, unsigned unit, unsigned generation);
+unsigned vm_appliance_drive_count(struct vm_appliance *a);
+int vm_appliance_attach(struct vm_appliance *a, const char *xml);
+int vm_appliance_detach(struct vm_appliance *a, const char *xml);
+/** The guestfs handle, locked for this thread until vm_appliance_handle_release. */
+guestfs_h *vm_appliance_handle(struct vm_appliance *a);
+void vm_appliance_handle_release(struct vm_appliance *a);
+int vm_appliance_status(struct vm_appliance *a, FILE *out);
+/** Destroy the appliances a previous run of this instance left on CONN. */
+int vm_appliances_cleanup(virConnectPtr conn);
+
+/* ---- applfiles.c ---- */
+
+/** The files an appliance boots from; all strings owned. */
+struct vm_appliance_files {
+    char *dir;       /* the fixed appliance (set_path for the guestfs handle) */
+    char *kernel;
+    char *initrd;
+    char *root;      /* raw ext2, used read-only through a transient overlay */
+    char *root_uuid;
+};
+
+/** The current generation of the fixed appliance, built first if need be (seconds). */
+int vm_appliance_files_get(struct vm_appliance_files *out);
+void vm_appliance_files_clear(struct vm_appliance_files *f);
+/** Remove the overlay a killed run's appliance NAME may have left beside the root. */
+void vm_appliance_files_forget_overlay(const struct vm_appliance_files *f, const char *name);
+/** The path of helper program NAME: beside the binary in a build tree, else libexecdir. */
+char *vm_helper_path(const char *name);
+
 /* ---- host.c ---- */
+
+/** The host's current connection, referenced (virConnectClose it), or NULL (EHOSTUNREACH). */
+virConnectPtr vm_host_connection(struct vm_host *h);
+/** Have the host thread re-read domain UUID and tell the listener (asynchronously). */
+void vm_host_refresh_later(struct vm_host *h, const char *uuid);
 
 /** The qemu.conf virtmount writes for its embedded driver when none exists. */
 extern const char vm_embed_qemu_conf[];

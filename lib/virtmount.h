@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -127,6 +128,23 @@ void vm_ino_close(struct vm_ino_registry *r);
  */
 uint64_t vm_ino_get(struct vm_ino_registry *r, const void *key, size_t keylen);
 
+/* ---- settings.c ---------------------------------------------------------- */
+
+enum vm_accel { VM_ACCEL_AUTO, VM_ACCEL_KVM, VM_ACCEL_TCG };
+
+/** What the mount options say about appliances; set once, before any host starts. */
+struct vm_settings {
+    const char *statedir;        /* absolute */
+    enum vm_accel accel;
+    unsigned max_drives;         /* per appliance, 1..254 */
+    unsigned appliance_idle;     /* seconds an empty appliance lives; 0: until unmount */
+    bool appliance_eager;        /* boot each host's appliance at mount */
+    unsigned appliance_memory;   /* MiB */
+    /* Where lib/ reports what is worth logging (level: 0 info, 1 warning); may be NULL. */
+    void (*notice)(int level, const char *message);
+};
+extern struct vm_settings vm_settings;
+
 /* ---- host.c ------------------------------------------------------------- */
 
 struct vm_host;
@@ -188,6 +206,67 @@ bool vm_host_is_up(struct vm_host *h, char **reason);
 
 /** Append the host's part of /.status to the text in *BUF (malloc'd, grown). */
 int vm_host_status(struct vm_host *h, char **buf, size_t *len);
+
+/* ---- plug.c ------------------------------------------------------------- */
+
+/** A disk plugged into its host's appliance.  Refcounted; release with vm_plug_unref. */
+struct vm_plug;
+
+/**
+ * Plug disk DISK of domain UUID on host H: boot (or join the boot of) the
+ * host's appliance, attach the disk read-only, wait for its serial's link,
+ * find and mount its filesystems.  Returns when they can be listed.
+ * ENOENT no such disk, EEXIST already plugged, EBUSY the domain runs,
+ * ENOSPC no free slot, EIO (message from libvirt or libguestfs) otherwise.
+ * Nothing is left behind on failure.
+ */
+int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk);
+/** Unmount and detach; EBUSY while something under it is open, ENOENT if not plugged. */
+int vm_unplug_disk(struct vm_host *h, const char *uuid, const char *disk);
+/** Boot H's appliance now, in the background (-o appliance=eager). */
+void vm_plug_start_eager(struct vm_host *h);
+/** At unmount: drop every plug and stop every appliance. */
+void vm_plugs_shutdown(void);
+/** Append the host's appliance and plugs to a .status text. */
+int vm_plug_status(struct vm_host *h, char **buf, size_t *len);
+
+/** The plug of DISK, referenced, or NULL (ENOENT). */
+struct vm_plug *vm_plug_find(struct vm_host *h, const char *uuid, const char *disk);
+void vm_plug_unref(struct vm_plug *p);
+bool vm_plug_is_plugged(struct vm_host *h, const char *uuid, const char *disk);
+/** Names of the plugged disks of domain UUID (NULL-terminated, all malloc'd). */
+char **vm_plug_names(struct vm_host *h, const char *uuid, size_t *n);
+
+const char *vm_plug_info(const struct vm_plug *p);
+int64_t vm_plug_size(const struct vm_plug *p);
+size_t vm_plug_fs_count(const struct vm_plug *p);
+const char *vm_plug_fs_name(const struct vm_plug *p, size_t i);
+/** Index of the filesystem directory NAME, or -1 (ENOENT). */
+int vm_plug_fs_index(const struct vm_plug *p, const char *name);
+/** Count a file or directory open under P (unplug waits for none). */
+void vm_plug_open(struct vm_plug *p);
+void vm_plug_close(struct vm_plug *p);
+
+/** Largest read sent to the appliance in one call (NOTES.md: 2 MiB is fastest). */
+#define VM_MAX_PREAD (2 * 1024 * 1024)
+
+/** Read the whole disk at block level. Returns bytes read, or -1. */
+ssize_t vm_plug_image_pread(struct vm_plug *p, char *buf, size_t size, int64_t offset);
+
+/** A directory of a guest filesystem with every entry's attributes. */
+struct vm_guest_dir {
+    size_t n;
+    struct vm_guest_entry {
+        char *name;
+        struct stat st;
+    } *v;
+};
+int vm_guest_lstat(struct vm_plug *p, int fs, const char *path, struct stat *st);
+struct vm_guest_dir *vm_guest_readdir(struct vm_plug *p, int fs, const char *path);
+void vm_guest_dir_free(struct vm_guest_dir *d);
+ssize_t vm_guest_pread(struct vm_plug *p, int fs, const char *path, char *buf, size_t size,
+                       int64_t offset);
+char *vm_guest_readlink(struct vm_plug *p, int fs, const char *path);
 
 /** Name prefix of virtmount's own appliance domains; never listed. */
 #define VM_APPLIANCE_PREFIX "virtmount-appliance-"

@@ -1,0 +1,1042 @@
+/* Plugging: a domain's disk attached to its host's appliance, found by
+ * serial, probed and mounted; unplugging undoes it in reverse.
+ *
+ * A plug is only ever addressed inside the appliance as
+ * /dev/disk/guestfs/SERIAL (and SERIALn for partition n), the udev link that
+ * libguestfs's appliance makes: hotplug reorders /dev/sdX names, so no code
+ * here knows them.  The serial is derived from the disk (host, domain UUID,
+ * name), so the same disk gets the same serial every time.
+ *
+ * Plugs live in one table guarded by one lock; the slow work (boot, attach,
+ * probe, mount) runs without it, so listing disks/ or another host never
+ * waits on an appliance.  A plug being set up is not in the table until it
+ * is ready; a failed plug leaves nothing behind.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libvirt/virterror.h>
+
+#include "cleanup.h"
+
+#define UDEV_WAIT_MS    60000
+#define UDEV_POLL_MS    50
+#define RELEASE_WAIT_MS 2000 /* the kernel's RELEASE may follow close() a little later */
+
+struct vm_fs {
+    char *name;       /* part1, whole, lv-vg-root */
+    char *device;     /* /dev/disk/guestfs/SERIAL1, /dev/VG/LV */
+    char *mountpoint; /* inside the appliance */
+    bool mounted;
+};
+
+struct vm_plug {
+    int refs;          /* under table_lock */
+    struct vm_host *host;
+    char uuid[37];
+    char *disk;
+    char *serial;
+    char *device;      /* /dev/disk/guestfs/SERIAL */
+    char *attach_xml;
+    struct vm_appliance *appliance;
+    unsigned unit, generation;
+    int64_t size;
+    char *info;
+    size_t nfs;
+    struct vm_fs *fs;
+    char **vgs;        /* VGs this plug activated */
+    size_t nvgs;
+    int opens;         /* files and directories open under it; under table_lock */
+    bool dropped;      /* its appliance died: every call is EIO */
+};
+
+struct host_entry {
+    struct vm_host *host;
+    struct vm_appliance *appliance;
+    time_t idle_since; /* 0: has drives or is stopped */
+};
+
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t table_cond = PTHREAD_COND_INITIALIZER;
+static struct vm_plug **plugs;
+static size_t nplugs;
+static struct host_entry *hosts;
+static size_t nhosts;
+static pthread_t reaper;
+static bool reaper_running, reaper_stop;
+
+/* ---- the table ---------------------------------------------------------- */
+
+static void fs_clear(struct vm_fs *f)
+{
+    free(f->name);
+    free(f->device);
+    free(f->mountpoint);
+}
+
+static void plug_free(struct vm_plug *p)
+{
+    for (size_t i = 0; i < p->nfs; i++)
+        fs_clear(&p->fs[i]);
+    free(p->fs);
+    for (size_t i = 0; i < p->nvgs; i++)
+        free(p->vgs[i]);
+    free(p->vgs);
+    free(p->disk);
+    free(p->serial);
+    free(p->device);
+    free(p->attach_xml);
+    free(p->info);
+    free(p);
+}
+
+void vm_plug_unref(struct vm_plug *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&table_lock);
+    int refs = --p->refs;
+    pthread_mutex_unlock(&table_lock);
+    if (refs == 0)
+        plug_free(p);
+}
+
+static struct vm_plug *find_locked(struct vm_host *h, const char *uuid, const char *disk,
+                                   size_t *index)
+{
+    for (size_t i = 0; i < nplugs; i++)
+        if (plugs[i]->host == h && strcmp(plugs[i]->uuid, uuid) == 0 &&
+            strcmp(plugs[i]->disk, disk) == 0) {
+            if (index)
+                *index = i;
+            return plugs[i];
+        }
+    return NULL;
+}
+
+struct vm_plug *vm_plug_find(struct vm_host *h, const char *uuid, const char *disk)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    struct vm_plug *p = find_locked(h, uuid, disk, NULL);
+    if (!p)
+        return vm_error(ENOENT, "%s is not plugged", disk), NULL;
+    p->refs++;
+    return p;
+}
+
+bool vm_plug_is_plugged(struct vm_host *h, const char *uuid, const char *disk)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    return find_locked(h, uuid, disk, NULL) != NULL;
+}
+
+char **vm_plug_names(struct vm_host *h, const char *uuid, size_t *n)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    char **names = calloc(nplugs + 1, sizeof *names);
+    *n = 0;
+    for (size_t i = 0; names && i < nplugs; i++)
+        if (plugs[i]->host == h && strcmp(plugs[i]->uuid, uuid) == 0)
+            names[(*n)++] = strdup(plugs[i]->disk);
+    return names;
+}
+
+static struct host_entry *host_entry_locked(struct vm_host *h)
+{
+    for (size_t i = 0; i < nhosts; i++)
+        if (hosts[i].host == h)
+            return &hosts[i];
+    struct host_entry *v = realloc(hosts, (nhosts + 1) * sizeof *v);
+    if (!v)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    hosts = v;
+    hosts[nhosts] = (struct host_entry){.host = h};
+    return &hosts[nhosts++];
+}
+
+/* ---- the appliance of a host -------------------------------------------- */
+
+static void appliance_died(struct vm_appliance *a, unsigned generation, const char *why);
+
+static struct vm_appliance *host_appliance(struct vm_host *h)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    struct host_entry *e = host_entry_locked(h);
+    if (!e)
+        return NULL;
+    if (!e->appliance)
+        e->appliance = vm_appliance_new(h, 0, appliance_died, NULL);
+    e->idle_since = 0;
+    return e->appliance;
+}
+
+/* Drop every plug of boot GENERATION of A: the drives are gone with it. */
+static void appliance_died(struct vm_appliance *a, unsigned generation, const char *why)
+{
+    struct vm_host *h = NULL;
+    char **uuids = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&table_lock);
+    uuids = calloc(nplugs + 1, sizeof *uuids);
+    for (size_t i = 0; i < nplugs;) {
+        struct vm_plug *p = plugs[i];
+        if (p->appliance == a && p->generation == generation) {
+            p->dropped = true;
+            h = p->host;
+            if (uuids)
+                uuids[n++] = strdup(p->uuid);
+            plugs[i] = plugs[--nplugs];
+            if (--p->refs == 0)
+                plug_free(p);
+            continue;
+        }
+        i++;
+    }
+    pthread_mutex_unlock(&table_lock);
+    vm_notice(VM_NOTICE_WARNING, "appliance boot %u ended by itself (%s): %zu plug(s) dropped",
+              generation, why, n);
+    vm_appliance_stop(a, generation);
+    for (size_t i = 0; i < n; i++) {
+        if (h && uuids[i])
+            vm_host_refresh_later(h, uuids[i]);
+        free(uuids[i]);
+    }
+    free(uuids);
+}
+
+/* Stops appliances that have had nothing plugged for appliance_idle seconds. */
+static void *reaper_thread(void *arg)
+{
+    pthread_mutex_lock(&table_lock);
+    while (!reaper_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&table_cond, &table_lock, &ts);
+        time_t now = time(NULL);
+        for (size_t i = 0; i < nhosts && !reaper_stop; i++) {
+            struct host_entry *e = &hosts[i];
+            if (!e->appliance || !e->idle_since || vm_settings.appliance_idle == 0 ||
+                now - e->idle_since < (time_t)vm_settings.appliance_idle)
+                continue;
+            struct vm_appliance *a = e->appliance;
+            e->idle_since = 0;
+            pthread_mutex_unlock(&table_lock);
+            if (vm_appliance_drive_count(a) == 0) {
+                vm_notice(VM_NOTICE_INFO, "host %s: appliance idle for %u s: stopping",
+                          vm_host_name(e->host), vm_settings.appliance_idle);
+                vm_appliance_stop(a, 0);
+            }
+            pthread_mutex_lock(&table_lock);
+        }
+    }
+    pthread_mutex_unlock(&table_lock);
+    return NULL;
+}
+
+static void mark_idle_if_empty(struct vm_host *h)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    for (size_t i = 0; i < nplugs; i++)
+        if (plugs[i]->host == h)
+            return;
+    struct host_entry *e = host_entry_locked(h);
+    if (e)
+        e->idle_since = time(NULL);
+    if (!reaper_running && pthread_create(&reaper, NULL, reaper_thread, NULL) == 0)
+        reaper_running = true;
+}
+
+static void *eager_thread(void *arg)
+{
+    struct vm_host *h = arg;
+    struct vm_appliance *a = host_appliance(h);
+    if (a && vm_appliance_start(a) < 0)
+        vm_notice(VM_NOTICE_WARNING, "host %s: %s", vm_host_name(h), vm_error_message());
+    mark_idle_if_empty(h);
+    return NULL;
+}
+
+void vm_plug_start_eager(struct vm_host *h)
+{
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_create(&t, &attr, eager_thread, h);
+    pthread_attr_destroy(&attr);
+}
+
+/* ---- probing and mounting ------------------------------------------------ */
+
+static int gfs_error(guestfs_h *g, const char *what)
+{
+    int e = guestfs_last_errno(g);
+    return vm_error(e ? e : EIO, "%s: %s", what,
+                    guestfs_last_error(g) ? guestfs_last_error(g) : "unknown error");
+}
+
+static void free_strings(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* The serial a disk gets in the appliance: [A-Za-z0-9_-], ends in a letter. */
+static char *derive_serial(struct vm_host *h, const char *uuid, const char *disk)
+{
+    uint64_t a = 14695981039346656037ULL, b = 1099511628211ULL * 31;
+    const char *parts[] = {vm_host_name(h), uuid, disk};
+    for (size_t i = 0; i < 3; i++) {
+        for (const char *p = parts[i]; *p; p++) {
+            a = (a ^ (unsigned char)*p) * 1099511628211ULL;
+            b = (b ^ (unsigned char)*p) * 0x100000001b3ULL + 0x9e3779b97f4a7c15ULL;
+        }
+        a = (a ^ 0xff) * 1099511628211ULL;
+        b = (b ^ 0xff) * 0x100000001b3ULL;
+    }
+    char *s;
+    if (asprintf(&s, "vm%016" PRIx64 "%08" PRIx32 "d", a, (uint32_t)(b >> 32)) < 0)
+        return NULL;
+    return s;
+}
+
+/* The name device-mapper gives VG/LV: dashes inside names doubled. */
+static char *lv_dir_name(const char *vg, const char *lv)
+{
+    size_t n = strlen(vg) * 2 + strlen(lv) * 2 + 8;
+    char *s = malloc(n), *o = s;
+    if (!s)
+        return NULL;
+    o += sprintf(o, "lv-");
+    for (const char *p = vg; *p; p++)
+        o += sprintf(o, *p == '-' ? "--" : "%c", *p);
+    *o++ = '-';
+    for (const char *p = lv; *p; p++)
+        o += sprintf(o, *p == '-' ? "--" : "%c", *p);
+    *o = '\0';
+    return s;
+}
+
+static bool is_mountable(const char *type)
+{
+    static const char *const not[] = {"", "swap", "LVM2_member", "crypto_LUKS",
+                                      "linux_raid_member", "BitLocker", NULL};
+    if (!type)
+        return false;
+    for (size_t i = 0; not[i]; i++)
+        if (strcmp(type, not[i]) == 0)
+            return false;
+    return true;
+}
+
+/* Read-only, and without replaying a journal: a crashed or running guest's
+ * filesystem would otherwise refuse to mount on a read-only drive. */
+static const char *mount_options(const char *type)
+{
+    if (strncmp(type, "ext", 3) == 0)
+        return "ro,noload";
+    if (strcmp(type, "xfs") == 0)
+        return "ro,norecovery";
+    if (strcmp(type, "btrfs") == 0)
+        return "ro,rescue=nologreplay";
+    return "ro";
+}
+
+static int add_fs(struct vm_plug *p, const char *name, const char *device)
+{
+    struct vm_fs *v = realloc(p->fs, (p->nfs + 1) * sizeof *v);
+    if (!v)
+        return vm_error(ENOMEM, "out of memory");
+    p->fs = v;
+    struct vm_fs *f = &p->fs[p->nfs];
+    memset(f, 0, sizeof *f);
+    f->name = strdup(name);
+    f->device = strdup(device);
+    if (asprintf(&f->mountpoint, "/%s.%s", p->serial, name) < 0 || !f->name || !f->device) {
+        fs_clear(f);
+        return vm_error(ENOMEM, "out of memory");
+    }
+    p->nfs++;
+    return 0;
+}
+
+/* One line of `info` about the filesystem (or whatever) on DEVICE; adds a
+ * directory for it when it can be mounted. */
+static int describe(guestfs_h *g, struct vm_plug *p, FILE *info, const char *device,
+                    const char *dirname, bool *is_pv)
+{
+    CLEANUP_FREE char *type = guestfs_vfs_type(g, device);
+    *is_pv = type && strcmp(type, "LVM2_member") == 0;
+    if (!type || !*type) {
+        fprintf(info, "  filesystem: none\n");
+        return 0;
+    }
+    CLEANUP_FREE char *label = guestfs_vfs_label(g, device);
+    CLEANUP_FREE char *fsuuid = guestfs_vfs_uuid(g, device);
+    fprintf(info, "  filesystem: %s\n", strcmp(type, "crypto_LUKS") == 0 ? "LUKS (locked)" : type);
+    if (label && *label)
+        fprintf(info, "  label: %s\n", label);
+    if (fsuuid && *fsuuid)
+        fprintf(info, "  uuid: %s\n", fsuuid);
+    if (is_mountable(type)) {
+        fprintf(info, "  directory: %s\n", dirname);
+        return add_fs(p, dirname, device);
+    }
+    return 0;
+}
+
+/* Activate the VGs whose PVs are now all plugged, and add their LVs. */
+static int probe_lvm(guestfs_h *g, struct vm_plug *p, FILE *info, char **pv_devices)
+{
+    char **our_uuids = calloc(1, sizeof *our_uuids);
+    size_t nours = 0;
+    for (size_t i = 0; pv_devices[i]; i++) {
+        char *u = guestfs_pvuuid(g, pv_devices[i]);
+        char **v = u ? realloc(our_uuids, (nours + 2) * sizeof *v) : NULL;
+        if (v) {
+            our_uuids = v;
+            our_uuids[nours++] = u;
+            our_uuids[nours] = NULL;
+        } else {
+            free(u);
+        }
+    }
+    int r = 0;
+    /* LVM scans every block device here: only when this drive holds a PV. */
+    char **vgs = guestfs_lvm_scan(g, 0) == 0 ? guestfs_vgs(g) : NULL;
+    for (size_t i = 0; vgs && vgs[i] && r == 0; i++) {
+        char **pvs = guestfs_vgpvuuids(g, vgs[i]);
+        bool ours = false;
+        for (size_t j = 0; pvs && pvs[j]; j++)
+            for (size_t k = 0; k < nours; k++)
+                if (strcmp(pvs[j], our_uuids[k]) == 0)
+                    ours = true;
+        free_strings(pvs);
+        if (!ours)
+            continue;
+        char *one[] = {vgs[i], NULL};
+        if (guestfs_vg_activate(g, 1, one) < 0) {
+            fprintf(info, "volume group %s: cannot be activated (not all its PVs plugged?): %s\n",
+                    vgs[i], guestfs_last_error(g));
+            continue;
+        }
+        char **v = realloc(p->vgs, (p->nvgs + 1) * sizeof *v);
+        if (v) {
+            p->vgs = v;
+            p->vgs[p->nvgs++] = strdup(vgs[i]);
+        }
+        char **lvs = guestfs_lvs(g);
+        CLEANUP_FREE char *prefix = NULL;
+        if (asprintf(&prefix, "/dev/%s/", vgs[i]) < 0)
+            prefix = NULL;
+        for (size_t j = 0; lvs && prefix && lvs[j] && r == 0; j++) {
+            if (strncmp(lvs[j], prefix, strlen(prefix)) != 0)
+                continue;
+            const char *lv = lvs[j] + strlen(prefix);
+            CLEANUP_FREE char *dir = lv_dir_name(vgs[i], lv);
+            fprintf(info, "logical volume %s/%s\n", vgs[i], lv);
+            bool pv;
+            if (dir)
+                r = describe(g, p, info, lvs[j], dir, &pv);
+        }
+        free_strings(lvs);
+    }
+    free_strings(vgs);
+    free_strings(our_uuids);
+    return r;
+}
+
+/* What is on the drive: partitions, filesystems, LVs; `info` says it all. */
+static int probe(guestfs_h *g, struct vm_plug *p)
+{
+    p->size = guestfs_blockdev_getsize64(g, p->device);
+    if (p->size < 0)
+        return gfs_error(g, "cannot read the size of the drive");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *info = open_memstream(&text, &len);
+    if (!info)
+        return vm_error(ENOMEM, "out of memory");
+    fprintf(info, "disk: %s\nsize: %" PRId64 "\n", p->disk, p->size);
+    char *pvs[130] = {NULL};
+    size_t npvs = 0;
+    int r = 0;
+    guestfs_push_error_handler(g, NULL, NULL);
+    CLEANUP_FREE char *parttype = guestfs_part_get_parttype(g, p->device);
+    guestfs_pop_error_handler(g);
+    if (parttype) {
+        fprintf(info, "partition table: %s\n", parttype);
+        struct guestfs_partition_list *parts = guestfs_part_list(g, p->device);
+        for (uint32_t i = 0; parts && i < parts->len && r == 0; i++) {
+            struct guestfs_partition *pt = &parts->val[i];
+            CLEANUP_FREE char *dev = NULL, *dir = NULL;
+            if (asprintf(&dev, "%s%d", p->device, pt->part_num) < 0 ||
+                asprintf(&dir, "part%d", pt->part_num) < 0)
+                break;
+            fprintf(info, "partition %d\n  start: %" PRIu64 "\n  size: %" PRIu64 "\n",
+                    pt->part_num, pt->part_start, pt->part_size);
+            bool pv;
+            r = describe(g, p, info, dev, dir, &pv);
+            if (pv && npvs < 128)
+                pvs[npvs++] = strdup(dev);
+        }
+        if (parts)
+            guestfs_free_partition_list(parts);
+    } else {
+        fprintf(info, "partition table: none\nwhole disk\n");
+        bool pv;
+        r = describe(g, p, info, p->device, "whole", &pv);
+        if (pv)
+            pvs[npvs++] = strdup(p->device);
+    }
+    if (r == 0 && npvs)
+        r = probe_lvm(g, p, info, pvs);
+    for (size_t i = 0; i < npvs; i++)
+        free(pvs[i]);
+    fclose(info);
+    p->info = text;
+    return r;
+}
+
+static void unmount_all(guestfs_h *g, struct vm_plug *p)
+{
+    for (size_t i = p->nfs; i-- > 0;) {
+        if (p->fs[i].mounted && guestfs_umount(g, p->fs[i].mountpoint) == 0)
+            p->fs[i].mounted = false;
+        guestfs_rmmountpoint(g, p->fs[i].mountpoint);
+    }
+    if (p->nvgs) {
+        p->vgs = realloc(p->vgs, (p->nvgs + 1) * sizeof *p->vgs);
+        p->vgs[p->nvgs] = NULL;
+        guestfs_vg_activate(g, 0, p->vgs);
+    }
+}
+
+static int mount_all(guestfs_h *g, struct vm_plug *p)
+{
+    for (size_t i = 0; i < p->nfs; i++) {
+        struct vm_fs *f = &p->fs[i];
+        CLEANUP_FREE char *type = guestfs_vfs_type(g, f->device);
+        if (guestfs_mkmountpoint(g, f->mountpoint) < 0)
+            return gfs_error(g, "cannot make a mountpoint in the appliance");
+        if (guestfs_mount_options(g, mount_options(type ? type : ""), f->device,
+                                  f->mountpoint) < 0) {
+            /* A filesystem the appliance cannot mount is shown in `info`, not fatal. */
+            guestfs_rmmountpoint(g, f->mountpoint);
+            continue;
+        }
+        f->mounted = true;
+    }
+    /* Keep only what mounted: a directory that cannot be listed helps nobody. */
+    size_t k = 0;
+    for (size_t i = 0; i < p->nfs; i++) {
+        if (p->fs[i].mounted)
+            p->fs[k++] = p->fs[i];
+        else
+            fs_clear(&p->fs[i]);
+    }
+    p->nfs = k;
+    return 0;
+}
+
+static int wait_for_link(struct vm_appliance *a, const char *device)
+{
+    for (int waited = 0; waited < UDEV_WAIT_MS; waited += UDEV_POLL_MS) {
+        guestfs_h *g = vm_appliance_handle(a);
+        if (!g)
+            return -1;
+        guestfs_push_error_handler(g, NULL, NULL);
+        int64_t size = guestfs_blockdev_getsize64(g, device);
+        guestfs_pop_error_handler(g);
+        vm_appliance_handle_release(a);
+        if (size >= 0)
+            return 0;
+        usleep(UDEV_POLL_MS * 1000);
+    }
+    return vm_error(ETIMEDOUT, "%s did not appear in the appliance within %d s", device,
+                    UDEV_WAIT_MS / 1000);
+}
+
+/* ---- plug and unplug ------------------------------------------------------ */
+
+int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
+{
+    if (vm_plug_is_plugged(h, uuid, disk_name))
+        return vm_error(EEXIST, "%s is already plugged", disk_name);
+    struct vm_domlist *list = vm_host_domains(h);
+    if (!list)
+        return -1;
+    struct vm_domain *dom = vm_domlist_find_uuid(list, uuid);
+    const struct vm_disk *disk = dom ? vm_domain_find_disk(dom, disk_name, NULL) : NULL;
+    if (!disk) {
+        vm_domlist_unref(list);
+        return vm_error(ENOENT, "no disk %s in this domain (see devices/)", disk_name);
+    }
+    if (dom->state != VIR_DOMAIN_SHUTOFF && dom->state != VIR_DOMAIN_CRASHED) {
+        vm_error(EBUSY, "cannot plug %s of %s: the domain is %s (plugging the disks of running "
+                        "domains is not supported yet)",
+                 disk_name, dom->name, vm_domain_state_name(dom->state));
+        vm_domlist_unref(list);
+        return -1;
+    }
+    struct vm_plug *p = calloc(1, sizeof *p);
+    if (!p) {
+        vm_domlist_unref(list);
+        return vm_error(ENOMEM, "out of memory");
+    }
+    p->refs = 1;
+    p->host = h;
+    memcpy(p->uuid, uuid, sizeof p->uuid);
+    p->disk = strdup(disk_name);
+    p->serial = derive_serial(h, uuid, disk_name);
+    CLEANUP_FREE char *guest_xml = strdup(disk->xml);
+    vm_domlist_unref(list);
+    if (!p->disk || !p->serial || !guest_xml ||
+        asprintf(&p->device, "/dev/disk/guestfs/%s", p->serial) < 0) {
+        plug_free(p);
+        return vm_error(ENOMEM, "out of memory");
+    }
+
+    struct vm_appliance *a = host_appliance(h);
+    if (!a || vm_appliance_start(a) < 0) {
+        plug_free(p);
+        mark_idle_if_empty(h);
+        return -1;
+    }
+    p->appliance = a;
+    if (vm_appliance_reserve_unit(a, &p->unit, &p->generation) < 0) {
+        plug_free(p);
+        return -1;
+    }
+    p->attach_xml = vm_xml_attach_disk(guest_xml, p->serial, p->unit, true);
+    if (!p->attach_xml || vm_appliance_attach(a, p->attach_xml) < 0) {
+        vm_appliance_release_unit(a, p->unit, p->generation);
+        plug_free(p);
+        mark_idle_if_empty(h);
+        return -1;
+    }
+    int r = wait_for_link(a, p->device);
+    guestfs_h *g = r == 0 ? vm_appliance_handle(a) : NULL;
+    if (g) {
+        r = probe(g, p);
+        if (r == 0)
+            r = mount_all(g, p);
+        if (r < 0) {
+            int e = vm_error_errno();
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", vm_error_message());
+            unmount_all(g, p);
+            vm_error(e, "%s", msg);
+        }
+        vm_appliance_handle_release(a);
+    } else {
+        r = -1;
+    }
+    if (r < 0) {
+        int e = vm_error_errno();
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", vm_error_message());
+        vm_appliance_detach(a, p->attach_xml);
+        vm_appliance_release_unit(a, p->unit, p->generation);
+        plug_free(p);
+        mark_idle_if_empty(h);
+        return vm_error(e, "cannot plug %s: %s", disk_name, msg);
+    }
+
+    pthread_mutex_lock(&table_lock);
+    struct vm_plug **v = realloc(plugs, (nplugs + 1) * sizeof *v);
+    if (v) {
+        plugs = v;
+        plugs[nplugs++] = p;
+    }
+    pthread_mutex_unlock(&table_lock);
+    if (!v) {
+        vm_appliance_detach(a, p->attach_xml);
+        vm_appliance_release_unit(a, p->unit, p->generation);
+        plug_free(p);
+        return vm_error(ENOMEM, "out of memory");
+    }
+    vm_host_refresh_later(h, uuid);
+    return 0;
+}
+
+static int detach_and_wait(struct vm_plug *p)
+{
+    if (vm_appliance_detach(p->appliance, p->attach_xml) < 0)
+        return -1;
+    for (int waited = 0; waited < UDEV_WAIT_MS; waited += UDEV_POLL_MS) {
+        guestfs_h *g = vm_appliance_handle(p->appliance);
+        if (!g)
+            return 0; /* the appliance is gone, and the drive with it */
+        guestfs_push_error_handler(g, NULL, NULL);
+        int64_t size = guestfs_blockdev_getsize64(g, p->device);
+        guestfs_pop_error_handler(g);
+        vm_appliance_handle_release(p->appliance);
+        if (size < 0)
+            return 0;
+        usleep(UDEV_POLL_MS * 1000);
+    }
+    return vm_error(ETIMEDOUT, "%s did not leave the appliance", p->device);
+}
+
+int vm_unplug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
+{
+    size_t index;
+    struct vm_plug *p;
+    pthread_mutex_lock(&table_lock);
+    for (int waited = 0;; waited += 50) {
+        p = find_locked(h, uuid, disk_name, &index);
+        if (!p) {
+            pthread_mutex_unlock(&table_lock);
+            return vm_error(ENOENT, "%s is not plugged", disk_name);
+        }
+        if (p->opens == 0)
+            break;
+        if (waited >= RELEASE_WAIT_MS) {
+            int opens = p->opens;
+            pthread_mutex_unlock(&table_lock);
+            return vm_error(EBUSY, "cannot unplug %s: %d file(s) open under it", disk_name,
+                            opens);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&table_cond, &table_lock, &ts);
+    }
+    /* Out of the table first: nothing new opens while it goes. */
+    plugs[index] = plugs[--nplugs];
+    pthread_mutex_unlock(&table_lock);
+
+    guestfs_h *g = vm_appliance_handle(p->appliance);
+    if (g) {
+        unmount_all(g, p);
+        vm_appliance_handle_release(p->appliance);
+    }
+    int r = detach_and_wait(p);
+    if (r < 0)
+        vm_notice(VM_NOTICE_WARNING, "unplug %s: %s", disk_name, vm_error_message());
+    vm_appliance_release_unit(p->appliance, p->unit, p->generation);
+    vm_plug_unref(p);
+    mark_idle_if_empty(h);
+    vm_host_refresh_later(h, uuid);
+    return 0;
+}
+
+void vm_plugs_shutdown(void)
+{
+    pthread_mutex_lock(&table_lock);
+    reaper_stop = true;
+    pthread_cond_broadcast(&table_cond);
+    pthread_mutex_unlock(&table_lock);
+    if (reaper_running)
+        pthread_join(reaper, NULL);
+    /* Unmounting: the appliances go with their drives, no need to detach one by one. */
+    pthread_mutex_lock(&table_lock);
+    for (size_t i = 0; i < nplugs; i++) {
+        plugs[i]->dropped = true;
+        if (--plugs[i]->refs == 0)
+            plug_free(plugs[i]);
+    }
+    free(plugs);
+    plugs = NULL;
+    nplugs = 0;
+    struct host_entry *v = hosts;
+    size_t n = nhosts;
+    hosts = NULL;
+    nhosts = 0;
+    pthread_mutex_unlock(&table_lock);
+    for (size_t i = 0; i < n; i++)
+        vm_appliance_free(v[i].appliance);
+    free(v);
+}
+
+int vm_plug_status(struct vm_host *h, char **buf, size_t *len)
+{
+    char *text = NULL;
+    size_t tlen = 0;
+    FILE *f = open_memstream(&text, &tlen);
+    if (!f)
+        return vm_error(ENOMEM, "out of memory");
+    struct vm_appliance *a = NULL;
+    pthread_mutex_lock(&table_lock);
+    for (size_t i = 0; i < nhosts; i++)
+        if (hosts[i].host == h)
+            a = hosts[i].appliance;
+    size_t count = 0;
+    for (size_t i = 0; i < nplugs; i++)
+        if (plugs[i]->host == h)
+            count++;
+    fprintf(f, "  plugged drives: %zu\n", count);
+    for (size_t i = 0; i < nplugs; i++)
+        if (plugs[i]->host == h)
+            fprintf(f, "    %s/%s as %s\n", plugs[i]->uuid, plugs[i]->disk, plugs[i]->serial);
+    pthread_mutex_unlock(&table_lock);
+    if (a)
+        vm_appliance_status(a, f);
+    else
+        fprintf(f, "  appliance: not started\n");
+    fclose(f);
+    char *nb = realloc(*buf, *len + tlen + 1);
+    if (!nb) {
+        free(text);
+        return vm_error(ENOMEM, "out of memory");
+    }
+    memcpy(nb + *len, text, tlen + 1);
+    *buf = nb;
+    *len += tlen;
+    free(text);
+    return 0;
+}
+
+/* ---- what a plugged disk shows -------------------------------------------- */
+
+const char *vm_plug_info(const struct vm_plug *p)
+{
+    return p->info ? p->info : "";
+}
+
+int64_t vm_plug_size(const struct vm_plug *p)
+{
+    return p->size;
+}
+
+size_t vm_plug_fs_count(const struct vm_plug *p)
+{
+    return p->nfs;
+}
+
+const char *vm_plug_fs_name(const struct vm_plug *p, size_t i)
+{
+    return p->fs[i].name;
+}
+
+int vm_plug_fs_index(const struct vm_plug *p, const char *name)
+{
+    for (size_t i = 0; i < p->nfs; i++)
+        if (strcmp(p->fs[i].name, name) == 0)
+            return (int)i;
+    return vm_error(ENOENT, "no filesystem %s on this disk", name);
+}
+
+void vm_plug_open(struct vm_plug *p)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    p->opens++;
+}
+
+void vm_plug_close(struct vm_plug *p)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    p->opens--;
+    pthread_cond_broadcast(&table_cond);
+}
+
+/* The handle, unless the plug was dropped. */
+static guestfs_h *use(struct vm_plug *p)
+{
+    if (__atomic_load_n(&p->dropped, __ATOMIC_ACQUIRE))
+        return vm_error(EIO, "%s was dropped: its appliance stopped", p->disk), NULL;
+    return vm_appliance_handle(p->appliance);
+}
+
+ssize_t vm_plug_image_pread(struct vm_plug *p, char *buf, size_t size, int64_t offset)
+{
+    if (offset >= p->size)
+        return 0;
+    if ((int64_t)size > p->size - offset)
+        size = (size_t)(p->size - offset);
+    guestfs_h *g = use(p);
+    if (!g)
+        return -1;
+    size_t got = 0;
+    ssize_t r = 0;
+    while (got < size) {
+        size_t want = size - got > VM_MAX_PREAD ? VM_MAX_PREAD : size - got;
+        size_t n;
+        char *data = guestfs_pread_device(g, p->device, (int)want, offset + (int64_t)got, &n);
+        if (!data) {
+            r = gfs_error(g, "read of the disk image failed");
+            break;
+        }
+        memcpy(buf + got, data, n);
+        free(data);
+        got += n;
+        if (n == 0)
+            break;
+    }
+    vm_appliance_handle_release(p->appliance);
+    return r < 0 ? -1 : (ssize_t)got;
+}
+
+static char *guest_path(const struct vm_plug *p, int fs, const char *path)
+{
+    char *s;
+    if (asprintf(&s, "%s%s%s", p->fs[fs].mountpoint, path[0] == '/' ? "" : "/",
+                 strcmp(path, "/") == 0 ? "" : path) < 0)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    return s;
+}
+
+static void statns_to_stat(const struct guestfs_statns *s, struct stat *st)
+{
+    memset(st, 0, sizeof *st);
+    st->st_ino = (ino_t)s->st_ino;
+    st->st_mode = (mode_t)s->st_mode;
+    st->st_nlink = (nlink_t)s->st_nlink;
+    st->st_uid = (uid_t)s->st_uid;
+    st->st_gid = (gid_t)s->st_gid;
+    st->st_rdev = (dev_t)s->st_rdev;
+    st->st_size = (off_t)s->st_size;
+    st->st_blksize = (blksize_t)s->st_blksize;
+    st->st_blocks = (blkcnt_t)s->st_blocks;
+    st->st_atim.tv_sec = s->st_atime_sec;
+    st->st_atim.tv_nsec = s->st_atime_nsec;
+    st->st_mtim.tv_sec = s->st_mtime_sec;
+    st->st_mtim.tv_nsec = s->st_mtime_nsec;
+    st->st_ctim.tv_sec = s->st_ctime_sec;
+    st->st_ctim.tv_nsec = s->st_ctime_nsec;
+}
+
+int vm_guest_lstat(struct vm_plug *p, int fs, const char *path, struct stat *st)
+{
+    CLEANUP_FREE char *gp = guest_path(p, fs, path);
+    if (!gp)
+        return -1;
+    guestfs_h *g = use(p);
+    if (!g)
+        return -1;
+    struct guestfs_statns *s = guestfs_lstatns(g, gp);
+    int r = s ? 0 : gfs_error(g, path);
+    if (s) {
+        statns_to_stat(s, st);
+        guestfs_free_statns(s);
+    }
+    vm_appliance_handle_release(p->appliance);
+    return r;
+}
+
+void vm_guest_dir_free(struct vm_guest_dir *d)
+{
+    if (!d)
+        return;
+    for (size_t i = 0; i < d->n; i++)
+        free(d->v[i].name);
+    free(d->v);
+    free(d);
+}
+
+#define LSTAT_BATCH 1000
+
+struct vm_guest_dir *vm_guest_readdir(struct vm_plug *p, int fs, const char *path)
+{
+    CLEANUP_FREE char *gp = guest_path(p, fs, path);
+    if (!gp)
+        return NULL;
+    struct vm_guest_dir *d = calloc(1, sizeof *d);
+    if (!d)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    guestfs_h *g = use(p);
+    if (!g) {
+        free(d);
+        return NULL;
+    }
+    struct guestfs_dirent_list *ents = guestfs_readdir(g, gp);
+    if (!ents) {
+        gfs_error(g, path);
+        vm_appliance_handle_release(p->appliance);
+        free(d);
+        return NULL;
+    }
+    d->v = calloc(ents->len ? ents->len : 1, sizeof *d->v);
+    for (uint32_t i = 0; d->v && i < ents->len; i++) {
+        const char *name = ents->val[i].name;
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+            continue;
+        d->v[d->n++].name = strdup(name);
+    }
+    guestfs_free_dirent_list(ents);
+    /* Attributes in batches: one round trip per LSTAT_BATCH entries. */
+    int r = d->v ? 0 : vm_error(ENOMEM, "out of memory");
+    for (size_t start = 0; r == 0 && start < d->n; start += LSTAT_BATCH) {
+        size_t count = d->n - start < LSTAT_BATCH ? d->n - start : LSTAT_BATCH;
+        char **names = calloc(count + 1, sizeof *names);
+        if (!names) {
+            r = vm_error(ENOMEM, "out of memory");
+            break;
+        }
+        for (size_t i = 0; i < count; i++)
+            names[i] = d->v[start + i].name;
+        struct guestfs_statns_list *sl = guestfs_lstatnslist(g, gp, names);
+        free(names);
+        if (!sl) {
+            r = gfs_error(g, path);
+            break;
+        }
+        for (size_t i = 0; i < count && i < sl->len; i++)
+            statns_to_stat(&sl->val[i], &d->v[start + i].st);
+        guestfs_free_statns_list(sl);
+    }
+    vm_appliance_handle_release(p->appliance);
+    if (r < 0) {
+        vm_guest_dir_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+ssize_t vm_guest_pread(struct vm_plug *p, int fs, const char *path, char *buf, size_t size,
+                       int64_t offset)
+{
+    CLEANUP_FREE char *gp = guest_path(p, fs, path);
+    if (!gp)
+        return -1;
+    guestfs_h *g = use(p);
+    if (!g)
+        return -1;
+    size_t got = 0;
+    ssize_t r = 0;
+    while (got < size) {
+        size_t want = size - got > VM_MAX_PREAD ? VM_MAX_PREAD : size - got;
+        size_t n;
+        char *data = guestfs_pread(g, gp, (int)want, offset + (int64_t)got, &n);
+        if (!data) {
+            r = gfs_error(g, path);
+            break;
+        }
+        memcpy(buf + got, data, n);
+        free(data);
+        got += n;
+        if (n < want)
+            break;
+    }
+    vm_appliance_handle_release(p->appliance);
+    return r < 0 ? -1 : (ssize_t)got;
+}
+
+char *vm_guest_readlink(struct vm_plug *p, int fs, const char *path)
+{
+    CLEANUP_FREE char *gp = guest_path(p, fs, path);
+    if (!gp)
+        return NULL;
+    guestfs_h *g = use(p);
+    if (!g)
+        return NULL;
+    char *target = guestfs_readlink(g, gp);
+    if (!target)
+        gfs_error(g, path);
+    vm_appliance_handle_release(p->appliance);
+    return target;
+}
