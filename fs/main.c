@@ -60,7 +60,9 @@ static char *prepare_statedir(const char *dir)
                 return vm_error(errno, "cannot create %s: %s", path, strerror(errno)), NULL;
             *p = '/';
         }
-    if (mkdir(path, 0700) < 0 && errno != EEXIST)
+    /* 0755: a system libvirtd may run the appliance's qemu as another user,
+     * which must reach the appliance's files; the registry itself is 0600. */
+    if (mkdir(path, 0755) < 0 && errno != EEXIST)
         return vm_error(errno, "cannot create state dir %s: %s", path, strerror(errno)), NULL;
     char *abs = realpath(path, NULL);
     if (!abs)

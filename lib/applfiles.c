@@ -84,7 +84,7 @@ char *vm_helper_path(const char *name)
     if (asprintf(&path, "%s/%s", VIRTMOUNT_LIBEXECDIR, name) < 0)
         return vm_error(ENOMEM, "out of memory"), NULL;
     if (access(path, X_OK) < 0) {
-        vm_error(ENOENT, "helper program %s not found (is virtmount installed?)", path);
+        vm_error(EIO, "helper program %s not found (is virtmount installed?)", path);
         free(path);
         return NULL;
     }
@@ -170,7 +170,8 @@ int vm_appliance_files_get(struct vm_appliance_files *out)
         asprintf(&dir, "%s/%016llx", base, (unsigned long long)h) < 0 ||
         asprintf(&lockpath, "%s/lock", base) < 0 || asprintf(&root, "%s/root", dir) < 0)
         return vm_error(ENOMEM, "out of memory");
-    if (mkdir(base, 0700) < 0 && errno != EEXIST)
+    /* World-traversable: a system libvirtd may run qemu as another user. */
+    if (mkdir(base, 0755) < 0 && errno != EEXIST)
         return vm_error(errno, "cannot create %s: %s", base, strerror(errno));
 
     /* One builder at a time, across threads and processes. */

@@ -89,6 +89,10 @@ int vm_appliance_detach(struct vm_appliance *a, const char *xml);
 guestfs_h *vm_appliance_handle(struct vm_appliance *a);
 void vm_appliance_handle_release(struct vm_appliance *a);
 int vm_appliance_status(struct vm_appliance *a, FILE *out);
+/** Where devtmpfs is mounted in the appliance's sysroot (see vm_appliance_mount_dev). */
+#define VM_APPLIANCE_DEVDIR "/.virtmount-dev"
+/** Mount devtmpfs at VM_APPLIANCE_DEVDIR once per boot (handle G held); DEVICE: any drive. */
+int vm_appliance_mount_dev(struct vm_appliance *a, guestfs_h *g, const char *device);
 /** Destroy the appliances a previous run of this instance left on CONN. */
 int vm_appliances_cleanup(virConnectPtr conn);
 

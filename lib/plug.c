@@ -44,6 +44,7 @@ struct vm_plug {
     char *disk;
     char *serial;
     char *device;      /* /dev/disk/guestfs/SERIAL */
+    char *image_path;  /* the same link as a sysroot path, for fast preads; NULL: use device */
     char *attach_xml;
     struct vm_appliance *appliance;
     unsigned unit, generation;
@@ -92,6 +93,7 @@ static void plug_free(struct vm_plug *p)
     free(p->disk);
     free(p->serial);
     free(p->device);
+    free(p->image_path);
     free(p->attach_xml);
     free(p->info);
     free(p);
@@ -200,8 +202,9 @@ static void appliance_died(struct vm_appliance *a, unsigned generation, const ch
         i++;
     }
     pthread_mutex_unlock(&table_lock);
-    vm_notice(VM_NOTICE_WARNING, "appliance boot %u ended by itself (%s): %zu plug(s) dropped",
-              generation, why, n);
+    vm_notice(VM_NOTICE_WARNING, "host %s: the appliance stopped by itself (%s): %zu plug(s) "
+              "dropped; they can be plugged again",
+              h ? vm_host_name(h) : "?", why, n);
     vm_appliance_stop(a, generation);
     for (size_t i = 0; i < n; i++) {
         if (h && uuids[i])
@@ -523,19 +526,37 @@ static void unmount_all(guestfs_h *g, struct vm_plug *p)
 
 static int mount_all(guestfs_h *g, struct vm_plug *p)
 {
+    char *notes = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&notes, &len);
+    if (!out)
+        return vm_error(ENOMEM, "out of memory");
     for (size_t i = 0; i < p->nfs; i++) {
         struct vm_fs *f = &p->fs[i];
         CLEANUP_FREE char *type = guestfs_vfs_type(g, f->device);
-        if (guestfs_mkmountpoint(g, f->mountpoint) < 0)
+        if (guestfs_mkmountpoint(g, f->mountpoint) < 0) {
+            fclose(out);
+            free(notes);
             return gfs_error(g, "cannot make a mountpoint in the appliance");
+        }
         if (guestfs_mount_options(g, mount_options(type ? type : ""), f->device,
                                   f->mountpoint) < 0) {
-            /* A filesystem the appliance cannot mount is shown in `info`, not fatal. */
+            /* A filesystem the appliance cannot mount is named in `info`, not fatal. */
+            fprintf(out, "not mounted: %s: %s\n", f->name, guestfs_last_error(g));
             guestfs_rmmountpoint(g, f->mountpoint);
             continue;
         }
         f->mounted = true;
     }
+    fclose(out);
+    if (len) {
+        char *info = NULL;
+        if (asprintf(&info, "%s%s", p->info ? p->info : "", notes) > 0) {
+            free(p->info);
+            p->info = info;
+        }
+    }
+    free(notes);
     /* Keep only what mounted: a directory that cannot be listed helps nobody. */
     size_t k = 0;
     for (size_t i = 0; i < p->nfs; i++) {
@@ -630,6 +651,9 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         r = probe(g, p);
         if (r == 0)
             r = mount_all(g, p);
+        if (r == 0 && vm_appliance_mount_dev(a, g, p->device) == 0 &&
+            asprintf(&p->image_path, "%s/disk/guestfs/%s", VM_APPLIANCE_DEVDIR, p->serial) < 0)
+            p->image_path = NULL;
         if (r < 0) {
             int e = vm_error_errno();
             char msg[1024];
@@ -643,6 +667,9 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
     }
     if (r < 0) {
         int e = vm_error_errno();
+        /* What the guest's filesystem said is no errno of mkdir's. */
+        if (e != ETIMEDOUT && e != ENOMEM && e != EHOSTUNREACH)
+            e = EIO;
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", vm_error_message());
         vm_appliance_detach(a, p->attach_xml);
@@ -665,6 +692,10 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         plug_free(p);
         return vm_error(ENOMEM, "out of memory");
     }
+    vm_notice(VM_NOTICE_INFO,
+              "host %s: plugged %s as %s (%zu filesystem(s)); while it is plugged, its domain "
+              "cannot start if the disk is a file or block device (qemu locks the image)",
+              vm_host_name(h), disk_name, p->serial, p->nfs);
     vm_host_refresh_later(h, uuid);
     return 0;
 }
@@ -726,12 +757,15 @@ int vm_unplug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         vm_appliance_handle_release(p->appliance);
     }
     int r = detach_and_wait(p);
-    if (r < 0)
-        vm_notice(VM_NOTICE_WARNING, "unplug %s: %s", disk_name, vm_error_message());
-    vm_appliance_release_unit(p->appliance, p->unit, p->generation);
+    /* A drive that may still be attached keeps its unit: no later plug collides with it. */
+    if (r == 0)
+        vm_appliance_release_unit(p->appliance, p->unit, p->generation);
     vm_plug_unref(p);
     mark_idle_if_empty(h);
     vm_host_refresh_later(h, uuid);
+    if (r < 0)
+        return vm_error(EIO, "unplug %s: its filesystems are unmounted but %s",
+                        disk_name, vm_error_message());
     return 0;
 }
 
@@ -866,7 +900,10 @@ ssize_t vm_plug_image_pread(struct vm_plug *p, char *buf, size_t size, int64_t o
     while (got < size) {
         size_t want = size - got > VM_MAX_PREAD ? VM_MAX_PREAD : size - got;
         size_t n;
-        char *data = guestfs_pread_device(g, p->device, (int)want, offset + (int64_t)got, &n);
+        char *data = p->image_path
+                         ? guestfs_pread(g, p->image_path, (int)want, offset + (int64_t)got, &n)
+                         : guestfs_pread_device(g, p->device, (int)want, offset + (int64_t)got,
+                                                &n);
         if (!data) {
             r = gfs_error(g, "read of the disk image failed");
             break;
