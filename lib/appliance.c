@@ -324,6 +324,7 @@ static int launch_handle(struct vm_appliance *a, const char *relay_name)
         guestfs_set_path(g, a->files.dir) < 0 ||
         guestfs_config(g, "-virtmount-relay", relay_name) < 0 ||
         guestfs_add_drive_ro(g, "/dev/null") < 0 || guestfs_set_autosync(g, 0) < 0 ||
+        guestfs_set_recovery_proc(g, 0) < 0 ||
         guestfs_launch(g) < 0) {
         vm_error(EIO, "cannot join a guestfs handle to the appliance: %s",
                  guestfs_last_error(g) ? guestfs_last_error(g) : "unknown error");

@@ -466,3 +466,73 @@ char *vm_xml_attach_disk(const char *guest_disk_xml, const char *serial, unsigne
     xmlSetProp(a, BAD_CAST "unit", BAD_CAST unit_text);
     return node_to_string(doc, disk);
 }
+
+char *vm_xml_backup(const struct vm_domain *d, const char *socket, const char *scratch_dir,
+                    const char *scratch_prefix)
+{
+    char *xml = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&xml, &len);
+    if (!f)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    fputs("<domainbackup mode='pull'>\n  <server transport='unix' socket='", f);
+    escape_into(f, socket);
+    fputs("'/>\n  <disks>\n", f);
+    for (size_t i = 0; i < d->ndisks; i++) {
+        const struct vm_disk *k = &d->disks[i];
+        fputs("    <disk name='", f);
+        escape_into(f, k->target);
+        /* libvirt skips read-only and empty disks: say so rather than fail. */
+        if (k->readonly || !*k->source || strcmp(k->device, "disk") != 0) {
+            fputs("' backup='no'/>\n", f);
+            continue;
+        }
+        /* libvirt would make a scratch file itself only beside a file disk,
+         * and 9.0 fails at that ("argument key 'filename' must not have null
+         * value"): name every one. */
+        fputs("' backup='yes' type='file'>\n      <scratch file='", f);
+        escape_into(f, scratch_dir);
+        fputc('/', f);
+        escape_into(f, scratch_prefix);
+        escape_into(f, k->target);
+        fputs(".qcow2'/>\n    </disk>\n", f);
+    }
+    fputs("  </disks>\n</domainbackup>\n", f);
+    if (fclose(f) != 0) {
+        free(xml);
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    }
+    return xml;
+}
+
+char *vm_xml_attach_nbd(const char *socket, const char *export_name, const char *serial,
+                        unsigned unit)
+{
+    char dev[8];
+    target_name(unit, dev);
+    char *xml = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&xml, &len);
+    if (!f)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    fputs("<disk type='network' device='disk'>\n"
+          "  <driver name='qemu' type='raw'/>\n"
+          "  <source protocol='nbd' name='",
+          f);
+    escape_into(f, export_name);
+    fputs("'>\n    <host transport='unix' socket='", f);
+    escape_into(f, socket);
+    fprintf(f,
+            "'/>\n  </source>\n  <target dev='%s' bus='scsi'/>\n  <serial>", dev);
+    escape_into(f, serial);
+    fprintf(f,
+            "</serial>\n  <readonly/>\n"
+            "  <address type='drive' controller='0' bus='0' target='0' unit='%u'/>\n"
+            "</disk>\n",
+            unit);
+    if (fclose(f) != 0) {
+        free(xml);
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    }
+    return xml;
+}

@@ -228,8 +228,11 @@ static void lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int de
                          void *opaque)
 {
     char uuid[VIR_UUID_STRING_BUFLEN];
-    if (virDomainGetUUIDString(dom, uuid) == 0)
-        queue_uuid(opaque, uuid);
+    if (virDomainGetUUIDString(dom, uuid) < 0)
+        return;
+    queue_uuid(opaque, uuid);
+    vm_plug_domain_event(opaque, uuid, event == VIR_DOMAIN_EVENT_STARTED,
+                         event == VIR_DOMAIN_EVENT_STOPPED);
 }
 
 static void device_cb(virConnectPtr conn, virDomainPtr dom, const char *alias, void *opaque)

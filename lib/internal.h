@@ -57,6 +57,17 @@ char *vm_xml_appliance(const struct vm_appliance_spec *spec);
 char *vm_xml_attach_disk(const char *guest_disk_xml, const char *serial, unsigned unit,
                          bool readonly);
 
+/**
+ * A pull-mode backup job over every writable disk of running domain D, its
+ * NBD export on unix socket SOCKET; each disk's scratch file is
+ * SCRATCH_DIR/SCRATCH_PREFIX<target>.qcow2.
+ */
+char *vm_xml_backup(const struct vm_domain *d, const char *socket, const char *scratch_dir,
+                    const char *scratch_prefix);
+/** Attach the NBD export EXPORT_NAME on SOCKET read-only as SCSI UNIT with SERIAL. */
+char *vm_xml_attach_nbd(const char *socket, const char *export_name, const char *serial,
+                        unsigned unit);
+
 /* ---- appliance.c ---- */
 
 #define VM_MAX_UNITS 255
@@ -114,6 +125,11 @@ void vm_appliance_files_clear(struct vm_appliance_files *f);
 void vm_appliance_files_forget_overlay(const struct vm_appliance_files *f, const char *name);
 /** The path of helper program NAME: beside the binary in a build tree, else libexecdir. */
 char *vm_helper_path(const char *name);
+
+/* ---- plug.c ---- */
+
+/** A domain of H started or stopped (event loop thread; does not block). */
+void vm_plug_domain_event(struct vm_host *h, const char *uuid, bool started, bool stopped);
 
 /* ---- host.c ---- */
 

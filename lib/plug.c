@@ -37,8 +37,21 @@ struct vm_fs {
     bool mounted;
 };
 
+/* A pull-mode backup job on a running domain: one point in time shared by
+ * all of the domain's plugged disks, from the first plug to the last unplug. */
+struct backup_job {
+    struct vm_host *host;
+    char uuid[37];
+    char *socket;      /* the NBD export, on the guest's host */
+    char **scratch;    /* the scratch files we named */
+    size_t nscratch;
+    int plugs;         /* under table_lock */
+};
+
 struct vm_plug {
     int refs;          /* under table_lock */
+    struct backup_job *job; /* NULL: the disk itself is attached */
+    bool network;      /* a network disk: not locked, so dropped when its domain starts */
     struct vm_host *host;
     char uuid[37];
     char *disk;
@@ -70,8 +83,15 @@ static struct vm_plug **plugs;
 static size_t nplugs;
 static struct host_entry *hosts;
 static size_t nhosts;
+static struct backup_job **jobs;
+static size_t njobs;
 static pthread_t reaper;
 static bool reaper_running, reaper_stop;
+
+static void job_release(struct backup_job *j);
+static void mark_idle_if_empty(struct vm_host *h);
+static void unmount_all(guestfs_h *g, struct vm_plug *p);
+static int detach_and_wait(struct vm_plug *p);
 
 /* ---- the table ---------------------------------------------------------- */
 
@@ -180,38 +200,59 @@ static struct vm_appliance *host_appliance(struct vm_host *h)
 }
 
 /* Drop every plug of boot GENERATION of A: the drives are gone with it. */
-static void appliance_died(struct vm_appliance *a, unsigned generation, const char *why)
+/* Take out of the table every plug MATCH accepts; they are marked dropped
+ * (open files get EIO).  Returns them (NULL-terminated, references taken over). */
+static struct vm_plug **take_plugs(bool (*match)(const struct vm_plug *p, const void *arg),
+                                   const void *arg, size_t *n)
 {
-    struct vm_host *h = NULL;
-    char **uuids = NULL;
-    size_t n = 0;
-    pthread_mutex_lock(&table_lock);
-    uuids = calloc(nplugs + 1, sizeof *uuids);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    struct vm_plug **out = calloc(nplugs + 1, sizeof *out);
+    *n = 0;
+    if (!out)
+        return NULL;
     for (size_t i = 0; i < nplugs;) {
-        struct vm_plug *p = plugs[i];
-        if (p->appliance == a && p->generation == generation) {
-            p->dropped = true;
-            h = p->host;
-            if (uuids)
-                uuids[n++] = strdup(p->uuid);
+        if (match(plugs[i], arg)) {
+            __atomic_store_n(&plugs[i]->dropped, true, __ATOMIC_RELEASE);
+            out[(*n)++] = plugs[i];
             plugs[i] = plugs[--nplugs];
-            if (--p->refs == 0)
-                plug_free(p);
             continue;
         }
         i++;
     }
-    pthread_mutex_unlock(&table_lock);
-    vm_notice(VM_NOTICE_WARNING, "host %s: the appliance stopped by itself (%s): %zu plug(s) "
-              "dropped; they can be plugged again",
-              h ? vm_host_name(h) : "?", why, n);
+    return out;
+}
+
+struct died {
+    struct vm_appliance *a;
+    unsigned generation;
+};
+
+static bool of_boot(const struct vm_plug *p, const void *arg)
+{
+    const struct died *d = arg;
+    return p->appliance == d->a && p->generation == d->generation;
+}
+
+/* Drop every plug of boot GENERATION of A: the drives are gone with it. */
+static void appliance_died(struct vm_appliance *a, unsigned generation, const char *why)
+{
+    struct died d = {a, generation};
+    size_t n;
+    struct vm_plug **dropped = take_plugs(of_boot, &d, &n);
+    vm_notice(VM_NOTICE_WARNING,
+              "%s: the appliance stopped by itself (%s): %zu plug(s) dropped; they can be "
+              "plugged again",
+              n ? vm_host_name(dropped[0]->host) : "a host", why, n);
     vm_appliance_stop(a, generation);
     for (size_t i = 0; i < n; i++) {
-        if (h && uuids[i])
-            vm_host_refresh_later(h, uuids[i]);
-        free(uuids[i]);
+        struct vm_plug *p = dropped[i];
+        job_release(p->job);
+        p->job = NULL;
+        vm_host_refresh_later(p->host, p->uuid);
+        mark_idle_if_empty(p->host);
+        vm_plug_unref(p);
     }
-    free(uuids);
+    free(dropped);
 }
 
 /* Stops appliances that have had nothing plugged for appliance_idle seconds. */
@@ -587,6 +628,132 @@ static int wait_for_link(struct vm_appliance *a, const char *device)
                     UDEV_WAIT_MS / 1000);
 }
 
+/* ---- backup jobs for running domains ------------------------------------ */
+
+static bool host_is_local(struct vm_host *h)
+{
+    /* A URI naming no server reaches this machine (system, embed, unix socket). */
+    const char *u = strstr(vm_host_uri(h), "://");
+    return u && u[3] == '/';
+}
+
+static void job_free(struct backup_job *j)
+{
+    for (size_t i = 0; i < j->nscratch; i++)
+        free(j->scratch[i]);
+    free(j->scratch);
+    free(j->socket);
+    free(j);
+}
+
+/* The domain's backup job, started on its first plug (EBUSY when libvirt refuses). */
+static struct backup_job *job_acquire(struct vm_host *h, const struct vm_domain *d)
+{
+    pthread_mutex_lock(&table_lock);
+    for (size_t i = 0; i < njobs; i++)
+        if (jobs[i]->host == h && strcmp(jobs[i]->uuid, d->uuid) == 0) {
+            jobs[i]->plugs++;
+            pthread_mutex_unlock(&table_lock);
+            return jobs[i];
+        }
+    pthread_mutex_unlock(&table_lock);
+
+    struct backup_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    j->host = h;
+    memcpy(j->uuid, d->uuid, sizeof j->uuid);
+    j->plugs = 1;
+    /* On the guest's host, beside the appliance: nothing crosses hosts but libvirt. */
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "virtmount-%.8s-%.8s-", vm_instance_id(), d->uuid);
+    if (asprintf(&j->socket, "/var/tmp/%snbd.sock", prefix) < 0) {
+        free(j);
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    }
+    for (size_t i = 0; i < d->ndisks; i++) {
+        const struct vm_disk *k = &d->disks[i];
+        if (k->readonly || !*k->source || strcmp(k->device, "disk") != 0)
+            continue;
+        char **v = realloc(j->scratch, (j->nscratch + 1) * sizeof *v);
+        if (v) {
+            j->scratch = v;
+            if (asprintf(&v[j->nscratch], "/var/tmp/%s%s.qcow2", prefix, k->target) > 0)
+                j->nscratch++;
+        }
+    }
+    if (host_is_local(h)) {
+        unlink(j->socket); /* left by a killed run */
+        for (size_t i = 0; i < j->nscratch; i++)
+            unlink(j->scratch[i]);
+    }
+    CLEANUP_FREE char *xml = vm_xml_backup(d, j->socket, "/var/tmp", prefix);
+    virConnectPtr conn = xml ? vm_host_connection(h) : NULL;
+    virDomainPtr dom = conn ? virDomainLookupByUUIDString(conn, d->uuid) : NULL;
+    int r = -1;
+    if (!xml || !conn)
+        ;
+    else if (!dom)
+        vm_error_libvirt(ENOENT, "domain %s is gone", d->name);
+    else if ((r = virDomainBackupBegin(dom, xml, NULL, 0)) < 0)
+        vm_error_libvirt(EBUSY, "cannot start a backup job on running domain %s", d->name);
+    if (dom)
+        virDomainFree(dom);
+    if (conn)
+        virConnectClose(conn);
+    if (r < 0) {
+        job_free(j);
+        return NULL;
+    }
+    pthread_mutex_lock(&table_lock);
+    struct backup_job **v = realloc(jobs, (njobs + 1) * sizeof *v);
+    if (v) {
+        jobs = v;
+        jobs[njobs++] = j;
+    }
+    pthread_mutex_unlock(&table_lock);
+    vm_notice(VM_NOTICE_INFO,
+              "host %s: backup job started on running domain %s: its plugged disks show one "
+              "point in time; until the last is unplugged, its owner cannot snapshot, migrate "
+              "or back it up",
+              vm_host_name(h), d->name);
+    return j;
+}
+
+/* One plug less; the last ends the job (and with it libvirt's export). */
+static void job_release(struct backup_job *j)
+{
+    if (!j)
+        return;
+    pthread_mutex_lock(&table_lock);
+    bool last = --j->plugs == 0;
+    if (last)
+        for (size_t i = 0; i < njobs; i++)
+            if (jobs[i] == j) {
+                jobs[i] = jobs[--njobs];
+                break;
+            }
+    pthread_mutex_unlock(&table_lock);
+    if (!last)
+        return;
+    virConnectPtr conn = vm_host_connection(j->host);
+    virDomainPtr dom = conn ? virDomainLookupByUUIDString(conn, j->uuid) : NULL;
+    /* A domain that stopped has no job left to abort. */
+    if (dom && virDomainIsActive(dom) == 1 && virDomainAbortJob(dom) < 0)
+        vm_notice(VM_NOTICE_WARNING, "host %s: cannot end the backup job of domain %s: %s",
+                  vm_host_name(j->host), j->uuid, virGetLastErrorMessage());
+    if (dom)
+        virDomainFree(dom);
+    if (conn)
+        virConnectClose(conn);
+    if (host_is_local(j->host)) {
+        unlink(j->socket);
+        for (size_t i = 0; i < j->nscratch; i++)
+            unlink(j->scratch[i]);
+    }
+    job_free(j);
+}
+
 /* ---- plug and unplug ------------------------------------------------------ */
 
 int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
@@ -602,13 +769,10 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         vm_domlist_unref(list);
         return vm_error(ENOENT, "no disk %s in this domain (see devices/)", disk_name);
     }
-    if (dom->state != VIR_DOMAIN_SHUTOFF && dom->state != VIR_DOMAIN_CRASHED) {
-        vm_error(EBUSY, "cannot plug %s of %s: the domain is %s (plugging the disks of running "
-                        "domains is not supported yet)",
-                 disk_name, dom->name, vm_domain_state_name(dom->state));
-        vm_domlist_unref(list);
-        return -1;
-    }
+    /* A running domain's qemu holds its image's write lock: read a
+     * point-in-time export instead (a read-only disk holds no such lock). */
+    bool live = dom->state != VIR_DOMAIN_SHUTOFF && dom->state != VIR_DOMAIN_CRASHED;
+    struct vm_domain *domain = vm_domain_ref(dom);
     struct vm_plug *p = calloc(1, sizeof *p);
     if (!p) {
         vm_domlist_unref(list);
@@ -619,28 +783,42 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
     memcpy(p->uuid, uuid, sizeof p->uuid);
     p->disk = strdup(disk_name);
     p->serial = derive_serial(h, uuid, disk_name);
+    p->network = strcmp(disk->type, "network") == 0;
     CLEANUP_FREE char *guest_xml = strdup(disk->xml);
+    CLEANUP_FREE char *target = strdup(disk->target);
+    bool use_job = live && !disk->readonly;
     vm_domlist_unref(list);
-    if (!p->disk || !p->serial || !guest_xml ||
+    if (!p->disk || !p->serial || !guest_xml || !target ||
         asprintf(&p->device, "/dev/disk/guestfs/%s", p->serial) < 0) {
         plug_free(p);
+        vm_domain_unref(domain);
         return vm_error(ENOMEM, "out of memory");
     }
+    if (use_job && !(p->job = job_acquire(h, domain))) {
+        plug_free(p);
+        vm_domain_unref(domain);
+        return -1;
+    }
+    vm_domain_unref(domain);
 
     struct vm_appliance *a = host_appliance(h);
     if (!a || vm_appliance_start(a) < 0) {
+        job_release(p->job);
         plug_free(p);
         mark_idle_if_empty(h);
         return -1;
     }
     p->appliance = a;
     if (vm_appliance_reserve_unit(a, &p->unit, &p->generation) < 0) {
+        job_release(p->job);
         plug_free(p);
         return -1;
     }
-    p->attach_xml = vm_xml_attach_disk(guest_xml, p->serial, p->unit, true);
+    p->attach_xml = p->job ? vm_xml_attach_nbd(p->job->socket, target, p->serial, p->unit)
+                           : vm_xml_attach_disk(guest_xml, p->serial, p->unit, true);
     if (!p->attach_xml || vm_appliance_attach(a, p->attach_xml) < 0) {
         vm_appliance_release_unit(a, p->unit, p->generation);
+        job_release(p->job);
         plug_free(p);
         mark_idle_if_empty(h);
         return -1;
@@ -674,6 +852,7 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         snprintf(msg, sizeof msg, "%s", vm_error_message());
         vm_appliance_detach(a, p->attach_xml);
         vm_appliance_release_unit(a, p->unit, p->generation);
+        job_release(p->job);
         plug_free(p);
         mark_idle_if_empty(h);
         return vm_error(e, "cannot plug %s: %s", disk_name, msg);
@@ -689,13 +868,20 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
     if (!v) {
         vm_appliance_detach(a, p->attach_xml);
         vm_appliance_release_unit(a, p->unit, p->generation);
+        job_release(p->job);
         plug_free(p);
         return vm_error(ENOMEM, "out of memory");
     }
-    vm_notice(VM_NOTICE_INFO,
-              "host %s: plugged %s as %s (%zu filesystem(s)); while it is plugged, its domain "
-              "cannot start if the disk is a file or block device (qemu locks the image)",
-              vm_host_name(h), disk_name, p->serial, p->nfs);
+    if (p->job)
+        vm_notice(VM_NOTICE_INFO, "host %s: plugged %s as %s (%zu filesystem(s)) from the "
+                                  "running domain's backup job",
+                  vm_host_name(h), disk_name, p->serial, p->nfs);
+    else
+        vm_notice(VM_NOTICE_INFO,
+                  "host %s: plugged %s as %s (%zu filesystem(s)); while it is plugged, its "
+                  "domain cannot start if the disk is a file or block device (qemu locks the "
+                  "image)",
+                  vm_host_name(h), disk_name, p->serial, p->nfs);
     vm_host_refresh_later(h, uuid);
     return 0;
 }
@@ -760,6 +946,8 @@ int vm_unplug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
     /* A drive that may still be attached keeps its unit: no later plug collides with it. */
     if (r == 0)
         vm_appliance_release_unit(p->appliance, p->unit, p->generation);
+    job_release(p->job);
+    p->job = NULL;
     vm_plug_unref(p);
     mark_idle_if_empty(h);
     vm_host_refresh_later(h, uuid);
@@ -767,6 +955,79 @@ int vm_unplug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         return vm_error(EIO, "unplug %s: its filesystems are unmounted but %s",
                         disk_name, vm_error_message());
     return 0;
+}
+
+struct domain_event {
+    struct vm_host *host;
+    char uuid[37];
+    bool started; /* else stopped */
+};
+
+static bool affected(const struct vm_plug *p, const void *arg)
+{
+    const struct domain_event *e = arg;
+    if (p->host != e->host || strcmp(p->uuid, e->uuid) != 0)
+        return false;
+    /* Stopped: its backup job and export are gone.  Started: a network disk
+     * is not locked, so the guest may now change what the plug shows. */
+    return e->started ? p->network && !p->job : p->job != NULL;
+}
+
+static void *drop_thread(void *arg)
+{
+    struct domain_event *e = arg;
+    size_t n;
+    struct vm_plug **dropped = take_plugs(affected, e, &n);
+    for (size_t i = 0; i < n; i++) {
+        struct vm_plug *p = dropped[i];
+        guestfs_h *g = vm_appliance_handle(p->appliance);
+        if (g) {
+            unmount_all(g, p);
+            vm_appliance_handle_release(p->appliance);
+        }
+        if (detach_and_wait(p) == 0)
+            vm_appliance_release_unit(p->appliance, p->unit, p->generation);
+        job_release(p->job);
+        p->job = NULL;
+        vm_notice(VM_NOTICE_WARNING, "host %s: %s of domain %s dropped: the domain %s",
+                  vm_host_name(p->host), p->disk, p->uuid,
+                  e->started ? "started (its network disk is not locked)" : "stopped");
+        vm_plug_unref(p);
+    }
+    if (n) {
+        vm_host_refresh_later(e->host, e->uuid);
+        mark_idle_if_empty(e->host);
+    }
+    free(dropped);
+    free(e);
+    return NULL;
+}
+
+void vm_plug_domain_event(struct vm_host *h, const char *uuid, bool started, bool stopped)
+{
+    if (!started && !stopped)
+        return;
+    bool any = false;
+    pthread_mutex_lock(&table_lock);
+    for (size_t i = 0; i < nplugs && !any; i++)
+        any = plugs[i]->host == h && strcmp(plugs[i]->uuid, uuid) == 0;
+    pthread_mutex_unlock(&table_lock);
+    if (!any)
+        return;
+    /* On the event loop: what follows blocks, so it gets a thread. */
+    struct domain_event *e = calloc(1, sizeof *e);
+    if (!e)
+        return;
+    e->host = h;
+    snprintf(e->uuid, sizeof e->uuid, "%s", uuid);
+    e->started = started;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, drop_thread, e) != 0)
+        free(e);
+    pthread_attr_destroy(&attr);
 }
 
 void vm_plugs_shutdown(void)
@@ -779,14 +1040,19 @@ void vm_plugs_shutdown(void)
         pthread_join(reaper, NULL);
     /* Unmounting: the appliances go with their drives, no need to detach one by one. */
     pthread_mutex_lock(&table_lock);
-    for (size_t i = 0; i < nplugs; i++) {
-        plugs[i]->dropped = true;
-        if (--plugs[i]->refs == 0)
-            plug_free(plugs[i]);
-    }
-    free(plugs);
+    struct vm_plug **all = plugs;
+    size_t nall = nplugs;
     plugs = NULL;
     nplugs = 0;
+    pthread_mutex_unlock(&table_lock);
+    for (size_t i = 0; i < nall; i++) {
+        all[i]->dropped = true;
+        job_release(all[i]->job); /* a backup job would outlive us */
+        all[i]->job = NULL;
+        vm_plug_unref(all[i]);
+    }
+    free(all);
+    pthread_mutex_lock(&table_lock);
     struct host_entry *v = hosts;
     size_t n = nhosts;
     hosts = NULL;
@@ -882,7 +1148,7 @@ void vm_plug_close(struct vm_plug *p)
 static guestfs_h *use(struct vm_plug *p)
 {
     if (__atomic_load_n(&p->dropped, __ATOMIC_ACQUIRE))
-        return vm_error(EIO, "%s was dropped: its appliance stopped", p->disk), NULL;
+        return vm_error(EIO, "%s was dropped (its appliance or its domain stopped)", p->disk), NULL;
     return vm_appliance_handle(p->appliance);
 }
 
