@@ -230,3 +230,203 @@ void vm_appliance_files_forget_overlay(const struct vm_appliance_files *f, const
     if (asprintf(&overlay, "%s.TRANSIENT-%s", f->root, name) > 0)
         unlink(overlay);
 }
+
+/* ---- shipping the appliance to a remote host ---------------------------- */
+
+#define POOL_NAME "virtmount"
+#define POOL_PATH "/var/lib/libvirt/virtmount"
+
+struct source {
+    int fd;
+};
+
+static int source_read(virStreamPtr st, char *data, size_t nbytes, void *opaque)
+{
+    struct source *s = opaque;
+    return (int)read(s->fd, data, nbytes);
+}
+
+/* Where the next hole or data run starts: the root is 4 GiB and mostly holes. */
+static int source_hole(virStreamPtr st, int *in_data, long long *length, void *opaque)
+{
+    struct source *s = opaque;
+    off_t cur = lseek(s->fd, 0, SEEK_CUR);
+    off_t data = lseek(s->fd, cur, SEEK_DATA);
+    if (data < 0 && errno == ENXIO) { /* a hole to the end */
+        *in_data = 0;
+        *length = lseek(s->fd, 0, SEEK_END) - cur;
+        lseek(s->fd, cur, SEEK_SET);
+        return 0;
+    }
+    if (data < 0)
+        return -1;
+    if (data > cur) {
+        *in_data = 0;
+        *length = data - cur;
+    } else {
+        off_t hole = lseek(s->fd, cur, SEEK_HOLE);
+        if (hole < 0)
+            return -1;
+        *in_data = 1;
+        *length = hole - cur;
+    }
+    lseek(s->fd, cur, SEEK_SET);
+    return 0;
+}
+
+static int source_skip(virStreamPtr st, long long length, void *opaque)
+{
+    struct source *s = opaque;
+    return lseek(s->fd, length, SEEK_CUR) < 0 ? -1 : 0;
+}
+
+static virStoragePoolPtr our_pool(virConnectPtr conn)
+{
+    virStoragePoolPtr pool = virStoragePoolLookupByName(conn, POOL_NAME);
+    if (!pool) {
+        const char *xml = "<pool type='dir'><name>" POOL_NAME "</name>"
+                          "<target><path>" POOL_PATH "</path></target></pool>";
+        pool = virStoragePoolDefineXML(conn, xml, 0);
+        if (!pool)
+            return vm_error_libvirt(EIO, "cannot define storage pool " POOL_NAME), NULL;
+        if (virStoragePoolBuild(pool, 0) < 0) {
+            vm_error_libvirt(EIO, "cannot build storage pool " POOL_NAME " at " POOL_PATH);
+            virStoragePoolFree(pool);
+            return NULL;
+        }
+        virStoragePoolSetAutostart(pool, 1);
+    }
+    if (virStoragePoolIsActive(pool) != 1 && virStoragePoolCreate(pool, 0) < 0) {
+        vm_error_libvirt(EIO, "cannot start storage pool " POOL_NAME);
+        virStoragePoolFree(pool);
+        return NULL;
+    }
+    virStoragePoolRefresh(pool, 0);
+    return pool;
+}
+
+static int upload(virConnectPtr conn, virStoragePoolPtr pool, const char *name,
+                  const char *local)
+{
+    int fd = open(local, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return vm_error(errno, "cannot open %s: %s", local, strerror(errno));
+    struct stat st;
+    fstat(fd, &st);
+    /* A partial upload of an earlier run goes first. */
+    virStorageVolPtr old = virStorageVolLookupByName(pool, name);
+    if (old) {
+        virStorageVolDelete(old, 0);
+        virStorageVolFree(old);
+    }
+    CLEANUP_FREE char *xml = NULL;
+    if (asprintf(&xml,
+                 "<volume><name>%s</name><capacity unit='bytes'>%lld</capacity>"
+                 "<allocation>0</allocation><target><format type='raw'/></target></volume>",
+                 name, (long long)st.st_size) < 0) {
+        close(fd);
+        return vm_error(ENOMEM, "out of memory");
+    }
+    virStorageVolPtr vol = virStorageVolCreateXML(pool, xml, 0);
+    virStreamPtr stream = vol ? virStreamNew(conn, 0) : NULL;
+    struct source src = {fd};
+    int r = -1;
+    if (!vol)
+        vm_error_libvirt(EIO, "cannot create volume %s", name);
+    else if (!stream)
+        vm_error_libvirt(EIO, "cannot create a stream");
+    else if (virStorageVolUpload(vol, stream, 0, (unsigned long long)st.st_size,
+                                 VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM) < 0)
+        vm_error_libvirt(EIO, "cannot upload %s", name);
+    else if (virStreamSparseSendAll(stream, source_read, source_hole, source_skip, &src) < 0) {
+        vm_error_libvirt(EIO, "upload of %s failed", name);
+        virStreamAbort(stream);
+    } else if (virStreamFinish(stream) < 0)
+        vm_error_libvirt(EIO, "upload of %s failed", name);
+    else
+        r = 0;
+    if (stream)
+        virStreamFree(stream);
+    if (vol) {
+        if (r < 0)
+            virStorageVolDelete(vol, 0);
+        virStorageVolFree(vol);
+    }
+    close(fd);
+    return r;
+}
+
+static char *volume_path(virStoragePoolPtr pool, const char *name)
+{
+    virStorageVolPtr vol = virStorageVolLookupByName(pool, name);
+    if (!vol)
+        return NULL;
+    char *path = virStorageVolGetPath(vol);
+    virStorageVolFree(vol);
+    return path;
+}
+
+int vm_appliance_files_ship(virConnectPtr conn, const struct vm_appliance_files *local,
+                            const char *domain_name, struct vm_appliance_files *remote)
+{
+    memset(remote, 0, sizeof *remote);
+    const char *generation = strrchr(local->dir, '/') + 1;
+    virStoragePoolPtr pool = our_pool(conn);
+    if (!pool)
+        return -1;
+    static const char *const parts[] = {"kernel", "initrd", "root"};
+    const char *paths[] = {local->kernel, local->initrd, local->root};
+    char *names[3] = {NULL}, *done = NULL;
+    int r = 0;
+    for (int i = 0; i < 3 && r == 0; i++)
+        if (asprintf(&names[i], "%s-%s", generation, parts[i]) < 0)
+            r = vm_error(ENOMEM, "out of memory");
+    if (r == 0 && asprintf(&done, "%s-complete", generation) < 0)
+        r = vm_error(ENOMEM, "out of memory");
+    /* Once per generation: a marker volume says the three arrived whole. */
+    virStorageVolPtr marker = r == 0 ? virStorageVolLookupByName(pool, done) : NULL;
+    if (marker) {
+        virStorageVolFree(marker);
+    } else if (r == 0) {
+        vm_notice(VM_NOTICE_INFO, "shipping the appliance (generation %s) to %s", generation,
+                  virConnectGetURI(conn) ? "the remote host" : "the host");
+        for (int i = 0; i < 3 && r == 0; i++)
+            r = upload(conn, pool, names[i], paths[i]);
+        if (r == 0) {
+            CLEANUP_FREE char *xml = NULL;
+            if (asprintf(&xml, "<volume><name>%s</name><capacity>0</capacity></volume>", done) <
+                0)
+                r = vm_error(ENOMEM, "out of memory");
+            virStorageVolPtr m = r == 0 ? virStorageVolCreateXML(pool, xml, 0) : NULL;
+            if (m)
+                virStorageVolFree(m);
+        }
+    }
+    if (r == 0) {
+        /* libvirt refuses to start while a killed run's transient overlay is there. */
+        CLEANUP_FREE char *overlay = NULL;
+        if (asprintf(&overlay, "%s.TRANSIENT-%s", names[2], domain_name) > 0) {
+            virStorageVolPtr o = virStorageVolLookupByName(pool, overlay);
+            if (o) {
+                virStorageVolDelete(o, 0);
+                virStorageVolFree(o);
+            }
+        }
+        remote->kernel = volume_path(pool, names[0]);
+        remote->initrd = volume_path(pool, names[1]);
+        remote->root = volume_path(pool, names[2]);
+        remote->root_uuid = strdup(local->root_uuid);
+        remote->dir = strdup(local->dir);
+        if (!remote->kernel || !remote->initrd || !remote->root || !remote->root_uuid ||
+            !remote->dir) {
+            vm_error_libvirt(EIO, "the shipped appliance's volumes cannot be found");
+            vm_appliance_files_clear(remote);
+            r = -1;
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        free(names[i]);
+    free(done);
+    virStoragePoolFree(pool);
+    return r;
+}

@@ -345,19 +345,6 @@ static double now_seconds(void)
 /* One boot attempt, KVM or TCG (lock held; dropped while waiting). */
 static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
 {
-    struct vm_appliance_spec spec = {
-        .name = a->name,
-        .kvm = kvm,
-        .memory_mib = vm_settings.appliance_memory,
-        .vcpus = 1,
-        .kernel = a->files.kernel,
-        .initrd = a->files.initrd,
-        .root = a->files.root,
-        .root_uuid = a->files.root_uuid,
-    };
-    CLEANUP_FREE char *xml = vm_xml_appliance(&spec);
-    if (!xml)
-        return -1;
     a->conn = vm_host_connection(a->host);
     if (!a->conn)
         return -1;
@@ -367,7 +354,34 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
         virDomainDestroy(stale);
         virDomainFree(stale);
     }
-    vm_appliance_files_forget_overlay(&a->files, a->name);
+    /* A remote host gets the files through libvirt: no local path is used there. */
+    struct vm_appliance_files shipped = {0};
+    const struct vm_appliance_files *files = &a->files;
+    if (vm_host_is_local(a->host)) {
+        vm_appliance_files_forget_overlay(&a->files, a->name);
+    } else {
+        if (vm_appliance_files_ship(a->conn, &a->files, a->name, &shipped) < 0) {
+            teardown(a);
+            return -1;
+        }
+        files = &shipped;
+    }
+    struct vm_appliance_spec spec = {
+        .name = a->name,
+        .kvm = kvm,
+        .memory_mib = vm_settings.appliance_memory,
+        .vcpus = 1,
+        .kernel = files->kernel,
+        .initrd = files->initrd,
+        .root = files->root,
+        .root_uuid = files->root_uuid,
+    };
+    CLEANUP_FREE char *xml = vm_xml_appliance(&spec);
+    vm_appliance_files_clear(&shipped);
+    if (!xml) {
+        teardown(a);
+        return -1;
+    }
     /* AUTODESTROY: libvirt removes the appliance if virtmount dies.  The
      * embedded driver has none (and dies with us): vm_appliances_cleanup
      * removes what it left at the next start. */

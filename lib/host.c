@@ -615,6 +615,13 @@ virConnectPtr vm_host_connection(struct vm_host *h)
     return h->conn;
 }
 
+bool vm_host_is_local(struct vm_host *h)
+{
+    /* qemu:///system, qemu:///embed?..., qemu+unix:///system?socket=...: no server part. */
+    const char *u = strstr(h->uri, "://");
+    return u && u[3] == '/';
+}
+
 void vm_host_refresh_later(struct vm_host *h, const char *uuid)
 {
     queue_uuid(h, uuid);

@@ -123,6 +123,13 @@ int vm_appliance_files_get(struct vm_appliance_files *out);
 void vm_appliance_files_clear(struct vm_appliance_files *f);
 /** Remove the overlay a killed run's appliance NAME may have left beside the root. */
 void vm_appliance_files_forget_overlay(const struct vm_appliance_files *f, const char *name);
+/**
+ * The appliance's files on a remote host: uploaded through libvirt into a
+ * storage pool of ours (once per generation), with the paths the remote host
+ * knows them by.  Removes a transient overlay DOMAIN_NAME left there.
+ */
+int vm_appliance_files_ship(virConnectPtr conn, const struct vm_appliance_files *local,
+                            const char *domain_name, struct vm_appliance_files *remote);
 /** The path of helper program NAME: beside the binary in a build tree, else libexecdir. */
 char *vm_helper_path(const char *name);
 
@@ -135,6 +142,8 @@ void vm_plug_domain_event(struct vm_host *h, const char *uuid, bool started, boo
 
 /** The host's current connection, referenced (virConnectClose it), or NULL (EHOSTUNREACH). */
 virConnectPtr vm_host_connection(struct vm_host *h);
+/** True when H's URI names no server: it is this machine. */
+bool vm_host_is_local(struct vm_host *h);
 /** Have the host thread re-read domain UUID and tell the listener (asynchronously). */
 void vm_host_refresh_later(struct vm_host *h, const char *uuid);
 

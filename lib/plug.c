@@ -630,13 +630,6 @@ static int wait_for_link(struct vm_appliance *a, const char *device)
 
 /* ---- backup jobs for running domains ------------------------------------ */
 
-static bool host_is_local(struct vm_host *h)
-{
-    /* A URI naming no server reaches this machine (system, embed, unix socket). */
-    const char *u = strstr(vm_host_uri(h), "://");
-    return u && u[3] == '/';
-}
-
 static void job_free(struct backup_job *j)
 {
     for (size_t i = 0; i < j->nscratch; i++)
@@ -682,7 +675,7 @@ static struct backup_job *job_acquire(struct vm_host *h, const struct vm_domain 
                 j->nscratch++;
         }
     }
-    if (host_is_local(h)) {
+    if (vm_host_is_local(h)) {
         unlink(j->socket); /* left by a killed run */
         for (size_t i = 0; i < j->nscratch; i++)
             unlink(j->scratch[i]);
@@ -746,7 +739,7 @@ static void job_release(struct backup_job *j)
         virDomainFree(dom);
     if (conn)
         virConnectClose(conn);
-    if (host_is_local(j->host)) {
+    if (vm_host_is_local(j->host)) {
         unlink(j->socket);
         for (size_t i = 0; i < j->nscratch; i++)
             unlink(j->scratch[i]);
