@@ -33,6 +33,8 @@ struct options {
     unsigned max_drives;
     unsigned appliance_idle;
     bool appliance_eager;
+    unsigned appliances;
+    bool isolate_domain;
     bool parse_failed; /* fuse_opt_parse's callback cannot return why: vm_error has it */
 };
 

@@ -122,6 +122,8 @@ int main(int argc, char **argv)
     vm_settings.max_drives = o.max_drives;
     vm_settings.appliance_idle = o.appliance_idle;
     vm_settings.appliance_eager = o.appliance_eager;
+    vm_settings.appliances = o.appliances;
+    vm_settings.isolate_domain = o.isolate_domain;
     vm_settings.notice = lib_notice;
     registry = vm_ino_open(o.statedir);
     if (!registry) {

@@ -22,6 +22,8 @@ enum {
     KEY_MAX_DRIVES,
     KEY_APPLIANCE_IDLE,
     KEY_APPLIANCE,
+    KEY_APPLIANCES,
+    KEY_ISOLATE,
 };
 
 #define OPT(t, p) {t, offsetof(struct options, p), 1}
@@ -35,6 +37,8 @@ static const struct fuse_opt option_spec[] = {
     FUSE_OPT_KEY("max_drives=", KEY_MAX_DRIVES),
     FUSE_OPT_KEY("appliance_idle=", KEY_APPLIANCE_IDLE),
     FUSE_OPT_KEY("appliance=", KEY_APPLIANCE),
+    FUSE_OPT_KEY("appliances=", KEY_APPLIANCES),
+    FUSE_OPT_KEY("isolate=", KEY_ISOLATE),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
     FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -88,8 +92,15 @@ static int process(void *data, const char *arg, int key, struct fuse_args *outar
     struct options *o = data;
     static const char *const accels[] = {"auto", "kvm", "tcg", NULL};
     static const char *const appliance_modes[] = {"lazy", "eager", NULL};
+    static const char *const isolations[] = {"none", "domain", NULL};
     int choice;
     switch (key) {
+    case KEY_APPLIANCES:
+        return parse_number(o, arg, 1, 64, &o->appliances);
+    case KEY_ISOLATE:
+        if (parse_choice(o, arg, isolations, &choice) == 0 && !o->parse_failed)
+            o->isolate_domain = choice == 1;
+        return 0;
     case KEY_ACCEL:
         if (parse_choice(o, arg, accels, &choice) == 0 && !o->parse_failed)
             o->accel = (enum vm_accel)choice;
@@ -149,6 +160,7 @@ int options_parse(int argc, char **argv, struct options *o, struct fuse_args *fu
     o->accel = VM_ACCEL_AUTO;
     o->max_drives = 254;
     o->appliance_idle = 300;
+    o->appliances = 1;
     *fuse_args = (struct fuse_args)FUSE_ARGS_INIT(argc, argv);
     if (fuse_opt_parse(fuse_args, o, option_spec, process) < 0) {
         if (!o->parse_failed)
@@ -202,6 +214,10 @@ void options_usage(const char *progname)
            "    -o appliance=lazy|eager\n"
            "                           boot each host's appliance at the first plug (lazy,\n"
            "                           the default) or at mount (eager)\n"
+           "    -o appliances=N        up to N appliances per host share the drives, least\n"
+           "                           loaded first, so they are read in parallel (default 1)\n"
+           "    -o isolate=none|domain each domain's drives in an appliance of its own\n"
+           "                           (default none)\n"
            "\n"
            "With no host configured, localhost is qemu:///system when a libvirt daemon\n"
            "answers there, else libvirt's embedded driver rooted in STATEDIR/embed.\n"

@@ -67,29 +67,35 @@ struct vm_plug {
     struct vm_fs *fs;
     char **vgs;        /* VGs this plug activated */
     size_t nvgs;
+    char **pv_uuids;   /* LVM PVs on this drive */
+    size_t npvs;
     int opens;         /* files and directories open under it; under table_lock */
     bool dropped;      /* its appliance died: every call is EIO */
 };
 
-struct host_entry {
+/* An appliance of a host, with what decides which plugs go to it. */
+struct appliance_entry {
     struct vm_host *host;
     struct vm_appliance *appliance;
-    time_t idle_since; /* 0: has drives or is stopped */
+    char owner[37];    /* -o isolate=domain: the domain it serves, else "" */
+    bool reserved;     /* a clone's LVM clashed: this drive alone */
+    int load;          /* plugs in it or on their way; under table_lock */
+    time_t idle_since; /* 0: in use */
 };
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t table_cond = PTHREAD_COND_INITIALIZER;
 static struct vm_plug **plugs;
 static size_t nplugs;
-static struct host_entry *hosts;
-static size_t nhosts;
+static struct appliance_entry *appls;
+static size_t nappls;
 static struct backup_job **jobs;
 static size_t njobs;
 static pthread_t reaper;
 static bool reaper_running, reaper_stop;
 
 static void job_release(struct backup_job *j);
-static void mark_idle_if_empty(struct vm_host *h);
+static void appliance_put(struct vm_appliance *a);
 static void unmount_all(guestfs_h *g, struct vm_plug *p);
 static int detach_and_wait(struct vm_plug *p);
 
@@ -102,20 +108,37 @@ static void fs_clear(struct vm_fs *f)
     free(f->mountpoint);
 }
 
-static void plug_free(struct vm_plug *p)
+/* Forget what probing found (before probing again elsewhere). */
+static void reset_probe(struct vm_plug *p)
 {
     for (size_t i = 0; i < p->nfs; i++)
         fs_clear(&p->fs[i]);
     free(p->fs);
+    p->fs = NULL;
+    p->nfs = 0;
     for (size_t i = 0; i < p->nvgs; i++)
         free(p->vgs[i]);
     free(p->vgs);
+    p->vgs = NULL;
+    p->nvgs = 0;
+    for (size_t i = 0; i < p->npvs; i++)
+        free(p->pv_uuids[i]);
+    free(p->pv_uuids);
+    p->pv_uuids = NULL;
+    p->npvs = 0;
+    free(p->info);
+    p->info = NULL;
+    free(p->image_path);
+    p->image_path = NULL;
+}
+
+static void plug_free(struct vm_plug *p)
+{
+    reset_probe(p);
     free(p->disk);
     free(p->serial);
     free(p->device);
-    free(p->image_path);
     free(p->attach_xml);
-    free(p->info);
     free(p);
 }
 
@@ -170,33 +193,90 @@ char **vm_plug_names(struct vm_host *h, const char *uuid, size_t *n)
     return names;
 }
 
-static struct host_entry *host_entry_locked(struct vm_host *h)
-{
-    for (size_t i = 0; i < nhosts; i++)
-        if (hosts[i].host == h)
-            return &hosts[i];
-    struct host_entry *v = realloc(hosts, (nhosts + 1) * sizeof *v);
-    if (!v)
-        return vm_error(ENOMEM, "out of memory"), NULL;
-    hosts = v;
-    hosts[nhosts] = (struct host_entry){.host = h};
-    return &hosts[nhosts++];
-}
-
-/* ---- the appliance of a host -------------------------------------------- */
+/* ---- the appliances of a host -------------------------------------------- */
 
 static void appliance_died(struct vm_appliance *a, unsigned generation, const char *why);
 
-static struct vm_appliance *host_appliance(struct vm_host *h)
+static struct appliance_entry *new_entry_locked(struct vm_host *h)
+{
+    unsigned index = 0;
+    for (size_t i = 0; i < nappls; i++)
+        if (appls[i].host == h)
+            index++;
+    struct appliance_entry *v = realloc(appls, (nappls + 1) * sizeof *v);
+    if (!v)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    appls = v;
+    struct appliance_entry *e = &appls[nappls];
+    memset(e, 0, sizeof *e);
+    e->host = h;
+    e->appliance = vm_appliance_new(h, index, appliance_died, NULL);
+    if (!e->appliance)
+        return NULL;
+    nappls++;
+    return e;
+}
+
+/*
+ * The appliance a plug of domain UUID goes to, its load counted: with
+ * isolate=domain the domain's own; a clashing clone (EXCLUSIVE) a new one
+ * of its own; else the least loaded of up to `appliances` per host, a new
+ * one while all of them are busy, so drives in different appliances are
+ * read in parallel.  Loads are counted here, never asked of an appliance
+ * (which may be busy booting).
+ */
+static struct vm_appliance *appliance_take(struct vm_host *h, const char *uuid, bool exclusive)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    struct host_entry *e = host_entry_locked(h);
-    if (!e)
-        return NULL;
-    if (!e->appliance)
-        e->appliance = vm_appliance_new(h, 0, appliance_died, NULL);
-    e->idle_since = 0;
-    return e->appliance;
+    struct appliance_entry *best = NULL;
+    size_t count = 0;
+    bool all_busy = true;
+    for (size_t i = 0; i < nappls && !exclusive; i++) {
+        struct appliance_entry *e = &appls[i];
+        if (e->host != h || e->reserved)
+            continue;
+        if (vm_settings.isolate_domain) {
+            if (strcmp(e->owner, uuid) == 0) {
+                best = e;
+                break;
+            }
+            continue;
+        }
+        count++;
+        if (e->load == 0)
+            all_busy = false;
+        if (!best || e->load < best->load)
+            best = e;
+    }
+    if (exclusive || !best ||
+        (!vm_settings.isolate_domain && all_busy && count < vm_settings.appliances)) {
+        struct appliance_entry *e = new_entry_locked(h);
+        if (!e)
+            return NULL;
+        e->reserved = exclusive;
+        if (vm_settings.isolate_domain)
+            snprintf(e->owner, sizeof e->owner, "%s", uuid);
+        best = e;
+    }
+    best->load++;
+    best->idle_since = 0;
+    return best->appliance;
+}
+
+static void start_reaper_locked(void);
+
+/* One plug less in A; an empty appliance starts counting its idle time. */
+static void appliance_put(struct vm_appliance *a)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    for (size_t i = 0; i < nappls; i++)
+        if (appls[i].appliance == a) {
+            if (appls[i].load > 0)
+                appls[i].load--;
+            if (appls[i].load == 0)
+                appls[i].idle_since = time(NULL);
+        }
+    start_reaper_locked();
 }
 
 /* Drop every plug of boot GENERATION of A: the drives are gone with it. */
@@ -249,7 +329,7 @@ static void appliance_died(struct vm_appliance *a, unsigned generation, const ch
         job_release(p->job);
         p->job = NULL;
         vm_host_refresh_later(p->host, p->uuid);
-        mark_idle_if_empty(p->host);
+        appliance_put(p->appliance);
         vm_plug_unref(p);
     }
     free(dropped);
@@ -265,17 +345,18 @@ static void *reaper_thread(void *arg)
         ts.tv_sec += 1;
         pthread_cond_timedwait(&table_cond, &table_lock, &ts);
         time_t now = time(NULL);
-        for (size_t i = 0; i < nhosts && !reaper_stop; i++) {
-            struct host_entry *e = &hosts[i];
-            if (!e->appliance || !e->idle_since || vm_settings.appliance_idle == 0 ||
+        for (size_t i = 0; i < nappls && !reaper_stop; i++) {
+            struct appliance_entry *e = &appls[i];
+            if (!e->idle_since || e->load || vm_settings.appliance_idle == 0 ||
                 now - e->idle_since < (time_t)vm_settings.appliance_idle)
                 continue;
             struct vm_appliance *a = e->appliance;
+            struct vm_host *h = e->host;
             e->idle_since = 0;
             pthread_mutex_unlock(&table_lock);
             if (vm_appliance_drive_count(a) == 0) {
                 vm_notice(VM_NOTICE_INFO, "host %s: appliance idle for %u s: stopping",
-                          vm_host_name(e->host), vm_settings.appliance_idle);
+                          vm_host_name(h), vm_settings.appliance_idle);
                 vm_appliance_stop(a, 0);
             }
             pthread_mutex_lock(&table_lock);
@@ -285,26 +366,21 @@ static void *reaper_thread(void *arg)
     return NULL;
 }
 
-static void mark_idle_if_empty(struct vm_host *h)
+static void start_reaper_locked(void)
 {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    for (size_t i = 0; i < nplugs; i++)
-        if (plugs[i]->host == h)
-            return;
-    struct host_entry *e = host_entry_locked(h);
-    if (e)
-        e->idle_since = time(NULL);
-    if (!reaper_running && pthread_create(&reaper, NULL, reaper_thread, NULL) == 0)
+    if (!reaper_running && !reaper_stop &&
+        pthread_create(&reaper, NULL, reaper_thread, NULL) == 0)
         reaper_running = true;
 }
 
 static void *eager_thread(void *arg)
 {
     struct vm_host *h = arg;
-    struct vm_appliance *a = host_appliance(h);
+    struct vm_appliance *a = appliance_take(h, "", false);
     if (a && vm_appliance_start(a) < 0)
         vm_notice(VM_NOTICE_WARNING, "host %s: %s", vm_host_name(h), vm_error_message());
-    mark_idle_if_empty(h);
+    if (a)
+        appliance_put(a);
     return NULL;
 }
 
@@ -438,35 +514,62 @@ static int describe(guestfs_h *g, struct vm_plug *p, FILE *info, const char *dev
     return 0;
 }
 
-/* Activate the VGs whose PVs are now all plugged, and add their LVs. */
+/* Does another plug in P's appliance hold one of these PVs, or a VG named VG? */
+static bool clashes(const struct vm_plug *p, const char *vg)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    for (size_t i = 0; i < nplugs; i++) {
+        const struct vm_plug *o = plugs[i];
+        if (o == p || o->appliance != p->appliance)
+            continue;
+        for (size_t j = 0; j < o->npvs; j++)
+            for (size_t k = 0; !vg && k < p->npvs; k++)
+                if (strcmp(o->pv_uuids[j], p->pv_uuids[k]) == 0)
+                    return true;
+        /* VG "": any VG at all (ours hides behind one of the same name). */
+        for (size_t j = 0; vg && j < o->nvgs; j++)
+            if (!*vg || strcmp(o->vgs[j], vg) == 0)
+                return true;
+    }
+    return false;
+}
+
+/* Activate the VGs whose PVs are now all plugged, and add their LVs.
+ * PLUG_CLASH when the names clash with another drive's (cloned guests). */
 static int probe_lvm(guestfs_h *g, struct vm_plug *p, FILE *info, char **pv_devices)
 {
-    char **our_uuids = calloc(1, sizeof *our_uuids);
-    size_t nours = 0;
     for (size_t i = 0; pv_devices[i]; i++) {
         char *u = guestfs_pvuuid(g, pv_devices[i]);
-        char **v = u ? realloc(our_uuids, (nours + 2) * sizeof *v) : NULL;
+        char **v = u ? realloc(p->pv_uuids, (p->npvs + 1) * sizeof *v) : NULL;
         if (v) {
-            our_uuids = v;
-            our_uuids[nours++] = u;
-            our_uuids[nours] = NULL;
+            p->pv_uuids = v;
+            p->pv_uuids[p->npvs++] = u;
         } else {
             free(u);
         }
     }
+    /* Before LVM sees both: a clone's PVs carry the same UUIDs. */
+    if (clashes(p, NULL))
+        return 1;
     int r = 0;
+    bool found = false;
     /* LVM scans every block device here: only when this drive holds a PV. */
     char **vgs = guestfs_lvm_scan(g, 0) == 0 ? guestfs_vgs(g) : NULL;
     for (size_t i = 0; vgs && vgs[i] && r == 0; i++) {
         char **pvs = guestfs_vgpvuuids(g, vgs[i]);
         bool ours = false;
         for (size_t j = 0; pvs && pvs[j]; j++)
-            for (size_t k = 0; k < nours; k++)
-                if (strcmp(pvs[j], our_uuids[k]) == 0)
+            for (size_t k = 0; k < p->npvs; k++)
+                if (strcmp(pvs[j], p->pv_uuids[k]) == 0)
                     ours = true;
         free_strings(pvs);
         if (!ours)
             continue;
+        found = true;
+        if (clashes(p, vgs[i])) {
+            r = 1;
+            break;
+        }
         char *one[] = {vgs[i], NULL};
         if (guestfs_vg_activate(g, 1, one) < 0) {
             fprintf(info, "volume group %s: cannot be activated (not all its PVs plugged?): %s\n",
@@ -495,7 +598,9 @@ static int probe_lvm(guestfs_h *g, struct vm_plug *p, FILE *info, char **pv_devi
         free_strings(lvs);
     }
     free_strings(vgs);
-    free_strings(our_uuids);
+    /* Our PVs in no VG LVM shows: its name is taken by another drive's VG. */
+    if (r == 0 && !found && p->npvs && clashes(p, ""))
+        r = 1;
     return r;
 }
 
@@ -749,6 +854,61 @@ static void job_release(struct backup_job *j)
 
 /* ---- plug and unplug ------------------------------------------------------ */
 
+#define PLUG_CLASH 1
+
+/* Attach P to appliance A (booting it if need be), find and mount its
+ * filesystems.  -1 with an error, or PLUG_CLASH, leave nothing behind. */
+static int plug_into(struct vm_plug *p, struct vm_appliance *a, const char *guest_xml,
+                     const char *target)
+{
+    if (vm_appliance_start(a) < 0)
+        return -1;
+    p->appliance = a;
+    if (vm_appliance_reserve_unit(a, &p->unit, &p->generation) < 0)
+        return -1;
+    free(p->attach_xml);
+    p->attach_xml = p->job ? vm_xml_attach_nbd(p->job->socket, target, p->serial, p->unit)
+                           : vm_xml_attach_disk(guest_xml, p->serial, p->unit, true);
+    if (!p->attach_xml || vm_appliance_attach(a, p->attach_xml) < 0) {
+        vm_appliance_release_unit(a, p->unit, p->generation);
+        return -1;
+    }
+    int r = wait_for_link(a, p->device);
+    guestfs_h *g = r == 0 ? vm_appliance_handle(a) : NULL;
+    if (g) {
+        r = probe(g, p);
+        if (r == 0)
+            r = mount_all(g, p);
+        if (r == 0 && vm_appliance_mount_dev(a, g, p->device) == 0 &&
+            asprintf(&p->image_path, "%s/disk/guestfs/%s", VM_APPLIANCE_DEVDIR, p->serial) < 0)
+            p->image_path = NULL;
+        if (r != 0) {
+            int e = vm_error_errno();
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", vm_error_message());
+            unmount_all(g, p);
+            vm_error(e, "%s", msg);
+        }
+        vm_appliance_handle_release(a);
+    } else {
+        r = -1;
+    }
+    if (r != 0) {
+        int e = vm_error_errno();
+        /* What the guest's filesystem said is no errno of mkdir's. */
+        if (e != ETIMEDOUT && e != ENOMEM && e != EHOSTUNREACH)
+            e = EIO;
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", vm_error_message());
+        vm_appliance_detach(a, p->attach_xml);
+        vm_appliance_release_unit(a, p->unit, p->generation);
+        reset_probe(p);
+        if (r < 0)
+            vm_error(e, "%s", msg);
+    }
+    return r;
+}
+
 int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
 {
     if (vm_plug_is_plugged(h, uuid, disk_name))
@@ -794,60 +954,28 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
     }
     vm_domain_unref(domain);
 
-    struct vm_appliance *a = host_appliance(h);
-    if (!a || vm_appliance_start(a) < 0) {
-        job_release(p->job);
-        plug_free(p);
-        mark_idle_if_empty(h);
-        return -1;
+    /* Into the chosen appliance; a clone whose LVM names clash with a drive
+     * there goes to an appliance of its own. */
+    struct vm_appliance *a = appliance_take(h, uuid, false);
+    int r = a ? plug_into(p, a, guest_xml, target) : -1;
+    if (r == PLUG_CLASH) {
+        appliance_put(a);
+        vm_notice(VM_NOTICE_INFO, "host %s: %s: its LVM names clash with a drive already "
+                                  "plugged (a cloned guest?): it gets an appliance of its own",
+                  vm_host_name(h), disk_name);
+        a = appliance_take(h, uuid, true);
+        r = a ? plug_into(p, a, guest_xml, target) : -1;
     }
-    p->appliance = a;
-    if (vm_appliance_reserve_unit(a, &p->unit, &p->generation) < 0) {
-        job_release(p->job);
-        plug_free(p);
-        return -1;
-    }
-    p->attach_xml = p->job ? vm_xml_attach_nbd(p->job->socket, target, p->serial, p->unit)
-                           : vm_xml_attach_disk(guest_xml, p->serial, p->unit, true);
-    if (!p->attach_xml || vm_appliance_attach(a, p->attach_xml) < 0) {
-        vm_appliance_release_unit(a, p->unit, p->generation);
-        job_release(p->job);
-        plug_free(p);
-        mark_idle_if_empty(h);
-        return -1;
-    }
-    int r = wait_for_link(a, p->device);
-    guestfs_h *g = r == 0 ? vm_appliance_handle(a) : NULL;
-    if (g) {
-        r = probe(g, p);
-        if (r == 0)
-            r = mount_all(g, p);
-        if (r == 0 && vm_appliance_mount_dev(a, g, p->device) == 0 &&
-            asprintf(&p->image_path, "%s/disk/guestfs/%s", VM_APPLIANCE_DEVDIR, p->serial) < 0)
-            p->image_path = NULL;
-        if (r < 0) {
-            int e = vm_error_errno();
-            char msg[1024];
-            snprintf(msg, sizeof msg, "%s", vm_error_message());
-            unmount_all(g, p);
-            vm_error(e, "%s", msg);
-        }
-        vm_appliance_handle_release(a);
-    } else {
-        r = -1;
-    }
-    if (r < 0) {
+    if (r != 0) {
+        if (r == PLUG_CLASH)
+            vm_error(EIO, "%s still clashes with another drive", disk_name);
         int e = vm_error_errno();
-        /* What the guest's filesystem said is no errno of mkdir's. */
-        if (e != ETIMEDOUT && e != ENOMEM && e != EHOSTUNREACH)
-            e = EIO;
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", vm_error_message());
-        vm_appliance_detach(a, p->attach_xml);
-        vm_appliance_release_unit(a, p->unit, p->generation);
+        if (a)
+            appliance_put(a);
         job_release(p->job);
         plug_free(p);
-        mark_idle_if_empty(h);
         return vm_error(e, "cannot plug %s: %s", disk_name, msg);
     }
 
@@ -861,6 +989,7 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
     if (!v) {
         vm_appliance_detach(a, p->attach_xml);
         vm_appliance_release_unit(a, p->unit, p->generation);
+        appliance_put(a);
         job_release(p->job);
         plug_free(p);
         return vm_error(ENOMEM, "out of memory");
@@ -941,8 +1070,8 @@ int vm_unplug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         vm_appliance_release_unit(p->appliance, p->unit, p->generation);
     job_release(p->job);
     p->job = NULL;
+    appliance_put(p->appliance);
     vm_plug_unref(p);
-    mark_idle_if_empty(h);
     vm_host_refresh_later(h, uuid);
     if (r < 0)
         return vm_error(EIO, "unplug %s: its filesystems are unmounted but %s",
@@ -982,15 +1111,14 @@ static void *drop_thread(void *arg)
             vm_appliance_release_unit(p->appliance, p->unit, p->generation);
         job_release(p->job);
         p->job = NULL;
+        appliance_put(p->appliance);
         vm_notice(VM_NOTICE_WARNING, "host %s: %s of domain %s dropped: the domain %s",
                   vm_host_name(p->host), p->disk, p->uuid,
                   e->started ? "started (its network disk is not locked)" : "stopped");
         vm_plug_unref(p);
     }
-    if (n) {
+    if (n)
         vm_host_refresh_later(e->host, e->uuid);
-        mark_idle_if_empty(e->host);
-    }
     free(dropped);
     free(e);
     return NULL;
@@ -1046,10 +1174,10 @@ void vm_plugs_shutdown(void)
     }
     free(all);
     pthread_mutex_lock(&table_lock);
-    struct host_entry *v = hosts;
-    size_t n = nhosts;
-    hosts = NULL;
-    nhosts = 0;
+    struct appliance_entry *v = appls;
+    size_t n = nappls;
+    appls = NULL;
+    nappls = 0;
     pthread_mutex_unlock(&table_lock);
     for (size_t i = 0; i < n; i++)
         vm_appliance_free(v[i].appliance);
@@ -1063,11 +1191,12 @@ int vm_plug_status(struct vm_host *h, char **buf, size_t *len)
     FILE *f = open_memstream(&text, &tlen);
     if (!f)
         return vm_error(ENOMEM, "out of memory");
-    struct vm_appliance *a = NULL;
+    struct vm_appliance *mine[64];
+    size_t nmine = 0;
     pthread_mutex_lock(&table_lock);
-    for (size_t i = 0; i < nhosts; i++)
-        if (hosts[i].host == h)
-            a = hosts[i].appliance;
+    for (size_t i = 0; i < nappls && nmine < 64; i++)
+        if (appls[i].host == h)
+            mine[nmine++] = appls[i].appliance;
     size_t count = 0;
     for (size_t i = 0; i < nplugs; i++)
         if (plugs[i]->host == h)
@@ -1077,9 +1206,9 @@ int vm_plug_status(struct vm_host *h, char **buf, size_t *len)
         if (plugs[i]->host == h)
             fprintf(f, "    %s/%s as %s\n", plugs[i]->uuid, plugs[i]->disk, plugs[i]->serial);
     pthread_mutex_unlock(&table_lock);
-    if (a)
-        vm_appliance_status(a, f);
-    else
+    for (size_t i = 0; i < nmine; i++)
+        vm_appliance_status(mine[i], f);
+    if (!nmine)
         fprintf(f, "  appliance: not started\n");
     fclose(f);
     char *nb = realloc(*buf, *len + tlen + 1);

@@ -10,4 +10,6 @@ struct vm_settings vm_settings = {
     .appliance_idle = 300,
     .appliance_eager = false,
     .appliance_memory = 1024,
+    .appliances = 1,
+    .isolate_domain = false,
 };

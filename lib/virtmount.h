@@ -140,6 +140,8 @@ struct vm_settings {
     unsigned appliance_idle;     /* seconds an empty appliance lives; 0: until unmount */
     bool appliance_eager;        /* boot each host's appliance at mount */
     unsigned appliance_memory;   /* MiB */
+    unsigned appliances;         /* per host, sharing the drives (least loaded first) */
+    bool isolate_domain;         /* each domain its own appliance */
     /* Where lib/ reports what is worth logging (level: 0 info, 1 warning); may be NULL. */
     void (*notice)(int level, const char *message);
 };
