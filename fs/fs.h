@@ -80,6 +80,7 @@ struct node_id {
     const char *fsname;     /* NODE_GUEST: the filesystem's directory (part1, whole, ...) */
     const char *path;       /* NODE_GUEST: the path inside it, "/" for its top */
     const struct stat *st;  /* NODE_GUEST: the guest's attributes (st_ino: the guest's own) */
+    const struct vm_xattrs *xattrs; /* NODE_GUEST: its extended attributes */
 };
 
 struct node {
@@ -95,6 +96,7 @@ struct node {
     char *fsname;
     char *path;
     struct stat st; /* NODE_GUEST: the guest's attributes; they cannot change while plugged */
+    struct vm_xattrs xattrs; /* NODE_GUEST: likewise its extended attributes */
     struct node *hash_next;
 };
 
@@ -147,6 +149,7 @@ struct dir_list {
         char *disk, *fsname, *path;
         bool has_st;
         struct stat st;
+        struct vm_xattrs xattrs;
     } *v;
 };
 int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name);

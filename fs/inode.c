@@ -47,10 +47,39 @@ static int key_of(const struct node_id *id, char **key)
     return n < 0 ? vm_error(ENOMEM, "out of memory") : n;
 }
 
+/* A guest file's number: its filesystem's registry number in the high bits,
+ * the guest's own inode number in the low 40.  No registry entry per file
+ * (a walk of a million files costs nothing here), no collision between
+ * filesystems, and registry numbers (the tree's, below 2^40) never meet
+ * these.  An inode number the guest gives beyond 2^40 falls back to a
+ * registry entry of its own. */
+#define GUEST_INO_BITS 40
+
+static fuse_ino_t guest_number(const struct node_id *id)
+{
+    uint64_t guest = (uint64_t)id->st->st_ino;
+    if (guest >> GUEST_INO_BITS)
+        return 0;
+    CLEANUP_FREE char *key = NULL;
+    int len = asprintf(&key, "fs\x1f%s\x1f%s\x1f%s\x1f%s", vm_host_name(id->host), id->uuid,
+                       id->disk, id->fsname);
+    if (len < 0)
+        return 0;
+    uint64_t fs = vm_ino_get(registry, key, (size_t)len);
+    if (!fs || fs >> (64 - GUEST_INO_BITS))
+        return 0;
+    return (fuse_ino_t)(fs << GUEST_INO_BITS | guest);
+}
+
 fuse_ino_t inode_number(const struct node_id *id)
 {
     if (id->kind == NODE_ROOT)
         return FUSE_ROOT_ID;
+    if (id->kind == NODE_GUEST) {
+        fuse_ino_t ino = guest_number(id);
+        if (ino)
+            return ino;
+    }
     CLEANUP_FREE char *key = NULL;
     int len = key_of(id, &key);
     if (len < 0)
@@ -66,7 +95,8 @@ struct node_id node_identity(const struct node *n)
                          .file = n->file,
                          .fsname = n->fsname,
                          .path = n->path,
-                         .st = n->kind == NODE_GUEST ? &n->st : NULL};
+                         .st = n->kind == NODE_GUEST ? &n->st : NULL,
+                         .xattrs = n->kind == NODE_GUEST ? &n->xattrs : NULL};
     memcpy(id.uuid, n->uuid, sizeof id.uuid);
     return id;
 }
@@ -87,6 +117,7 @@ static void node_free(struct node *n)
     free(n->disk);
     free(n->fsname);
     free(n->path);
+    free(n->xattrs.data);
     free(n);
 }
 
@@ -161,6 +192,10 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
             n->path = strdup(id->path);
         if (id->st)
             n->st = *id->st;
+        if (id->xattrs && id->xattrs->len && (n->xattrs.data = malloc(id->xattrs->len))) {
+            memcpy(n->xattrs.data, id->xattrs->data, id->xattrs->len);
+            n->xattrs.len = id->xattrs->len;
+        }
         if (!n->name || (id->disk && !n->disk) || (id->fsname && !n->fsname) ||
             (id->path && !n->path)) {
             node_free(n);

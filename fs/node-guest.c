@@ -38,15 +38,21 @@ static int guest_lookup(const struct node *dir, const char *name, struct node_id
     /* Buffers the caller copies into the node before this thread looks up again. */
     static __thread char *path;
     static __thread struct stat st;
+    static __thread struct vm_xattrs xattrs;
     free(path);
+    free(xattrs.data);
+    xattrs.data = NULL;
     path = child_path(dir, name);
     int r = fs < 0 || !path ? -1 : vm_guest_lstat(p, fs, path, &st);
+    if (r == 0)
+        r = vm_guest_xattrs(p, fs, path, &xattrs);
     vm_plug_unref(p);
     if (r < 0)
         return -1;
     *child = node_identity(dir);
     child->path = path;
     child->st = &st;
+    child->xattrs = &xattrs;
     return 0;
 }
 
@@ -70,6 +76,7 @@ static int guest_readdir(const struct node *dir, struct dir_list *list)
         struct node_id id = node_identity(dir);
         id.path = path;
         id.st = &d->v[i].st;
+        id.xattrs = &d->v[i].xattrs;
         r = dir_list_add(list, &id, d->v[i].name);
         free(path);
     }

@@ -21,15 +21,16 @@ static int plugged_getattr(const struct node *n, struct stat *st)
 }
 
 static int fs_root_id(const struct node *dir, struct vm_plug *p, const char *fsname,
-                      struct node_id *child, struct stat *st)
+                      struct node_id *child, struct stat *st, struct vm_xattrs *xattrs)
 {
     int fs = vm_plug_fs_index(p, fsname);
-    if (fs < 0 || vm_guest_lstat(p, fs, "/", st) < 0)
+    if (fs < 0 || vm_guest_lstat(p, fs, "/", st) < 0 || vm_guest_xattrs(p, fs, "/", xattrs) < 0)
         return -1;
     *child = node_child(dir, NODE_GUEST, NULL, 0);
     child->fsname = fsname;
     child->path = "/";
     child->st = st;
+    child->xattrs = xattrs;
     return 0;
 }
 
@@ -43,8 +44,12 @@ static int plugged_lookup(const struct node *dir, const char *name, struct node_
     struct vm_plug *p = node_plug(dir);
     if (!p)
         return -1;
-    static __thread struct stat st; /* the caller copies it before the next lookup */
-    int r = fs_root_id(dir, p, name, child, &st);
+    /* The caller copies these before this thread looks up again. */
+    static __thread struct stat st;
+    static __thread struct vm_xattrs xattrs;
+    free(xattrs.data);
+    xattrs.data = NULL;
+    int r = fs_root_id(dir, p, name, child, &st, &xattrs);
     vm_plug_unref(p);
     return r;
 }
@@ -63,10 +68,12 @@ static int plugged_readdir(const struct node *dir, struct dir_list *list)
     for (size_t i = 0; i < vm_plug_fs_count(p) && r == 0; i++) {
         struct node_id id;
         struct stat st;
+        struct vm_xattrs xattrs = {0};
         const char *fsname = vm_plug_fs_name(p, i);
-        r = fs_root_id(dir, p, fsname, &id, &st);
+        r = fs_root_id(dir, p, fsname, &id, &st, &xattrs);
         if (r == 0)
             r = dir_list_add(list, &id, fsname);
+        free(xattrs.data);
     }
     vm_plug_unref(p);
     return r;

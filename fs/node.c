@@ -62,6 +62,14 @@ int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name)
     e->id.fsname = e->fsname;
     e->id.path = e->path;
     e->id.st = NULL;
+    e->id.xattrs = NULL;
+    if (id->xattrs && id->xattrs->len) {
+        e->xattrs.data = malloc(id->xattrs->len);
+        if (e->xattrs.data) {
+            memcpy(e->xattrs.data, id->xattrs->data, id->xattrs->len);
+            e->xattrs.len = id->xattrs->len;
+        }
+    }
     if (id->st) {
         e->has_st = true;
         e->st = *id->st;
@@ -78,6 +86,7 @@ struct node_id dir_list_entry_id(struct dir_entry *e)
 {
     struct node_id id = e->id;
     id.st = e->has_st ? &e->st : NULL;
+    id.xattrs = &e->xattrs;
     return id;
 }
 
@@ -88,6 +97,7 @@ void dir_list_free(struct dir_list *l)
         free(l->v[i].disk);
         free(l->v[i].fsname);
         free(l->v[i].path);
+        free(l->v[i].xattrs.data);
     }
     free(l->v);
     l->v = NULL;

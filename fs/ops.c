@@ -441,17 +441,53 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
     reply_refused(req, EROFS, "removexattr", name);
 }
 
+/* Extended attributes: a guest file's, taken with its listing; the tree's
+ * own objects have none.  Answered from memory: the kernel asks on every
+ * `ls -l` and caches nothing. */
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
-    fuse_reply_err(req, ENODATA); /* the tree's own objects have none */
+    struct node *n = find_node(ino);
+    if (!n)
+        return reply_error(req, "getxattr");
+    size_t pos = 0;
+    const char *xname, *value;
+    uint32_t len;
+    while (n->kind == NODE_GUEST && vm_xattrs_next(&n->xattrs, &pos, &xname, &value, &len)) {
+        if (strcmp(xname, name) != 0)
+            continue;
+        if (size == 0)
+            return (void)fuse_reply_xattr(req, len);
+        if (size < len)
+            return (void)fuse_reply_err(req, ERANGE);
+        return (void)fuse_reply_buf(req, value, len);
+    }
+    fuse_reply_err(req, ENODATA);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
+    struct node *n = find_node(ino);
+    if (!n)
+        return reply_error(req, "listxattr");
+    size_t total = 0, pos = 0;
+    const char *xname, *value;
+    uint32_t len;
+    while (n->kind == NODE_GUEST && vm_xattrs_next(&n->xattrs, &pos, &xname, &value, &len))
+        total += strlen(xname) + 1;
     if (size == 0)
-        fuse_reply_xattr(req, 0);
-    else
-        fuse_reply_buf(req, NULL, 0);
+        return (void)fuse_reply_xattr(req, total);
+    if (size < total)
+        return (void)fuse_reply_err(req, ERANGE);
+    CLEANUP_FREE char *buf = malloc(total ? total : 1);
+    if (!buf)
+        return (void)fuse_reply_err(req, ENOMEM);
+    size_t off = 0;
+    pos = 0;
+    while (n->kind == NODE_GUEST && vm_xattrs_next(&n->xattrs, &pos, &xname, &value, &len)) {
+        memcpy(buf + off, xname, strlen(xname) + 1);
+        off += strlen(xname) + 1;
+    }
+    fuse_reply_buf(req, buf, total);
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
@@ -467,6 +503,17 @@ static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
     struct statvfs st = {.f_bsize = 4096, .f_frsize = 4096, .f_namemax = 255};
+    /* Inside a guest filesystem, df shows that filesystem. */
+    struct node *n = find_node(ino);
+    if (n && n->kind == NODE_GUEST) {
+        struct vm_plug *p = node_plug(n);
+        int fs = p ? vm_plug_fs_index(p, n->fsname) : -1;
+        if (fs < 0 || vm_guest_statvfs(p, fs, &st) < 0) {
+            vm_plug_unref(p);
+            return reply_error(req, "statfs");
+        }
+        vm_plug_unref(p);
+    }
     fuse_reply_statfs(req, &st);
 }
 

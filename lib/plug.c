@@ -15,11 +15,13 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <endian.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <libvirt/virterror.h>
@@ -1357,13 +1359,130 @@ void vm_guest_dir_free(struct vm_guest_dir *d)
 {
     if (!d)
         return;
-    for (size_t i = 0; i < d->n; i++)
+    for (size_t i = 0; i < d->n; i++) {
         free(d->v[i].name);
+        free(d->v[i].xattrs.data);
+    }
     free(d->v);
     free(d);
 }
 
-#define LSTAT_BATCH 1000
+bool vm_xattrs_next(const struct vm_xattrs *x, size_t *pos, const char **name,
+                    const char **value, uint32_t *value_len)
+{
+    if (!x->data || *pos >= x->len)
+        return false;
+    const char *p = x->data + *pos;
+    size_t nlen = strlen(p);
+    uint32_t vlen;
+    memcpy(&vlen, p + nlen + 1, 4);
+    vlen = le32toh(vlen);
+    *name = p;
+    *value = p + nlen + 5;
+    *value_len = vlen;
+    *pos += nlen + 5 + vlen;
+    return true;
+}
+
+static int xattrs_add(struct vm_xattrs *x, const char *name, const char *value, uint32_t len)
+{
+    size_t nlen = strlen(name);
+    char *d = realloc(x->data, x->len + nlen + 5 + len);
+    if (!d)
+        return vm_error(ENOMEM, "out of memory");
+    x->data = d;
+    memcpy(d + x->len, name, nlen + 1);
+    uint32_t le = htole32(len);
+    memcpy(d + x->len + nlen + 1, &le, 4);
+    memcpy(d + x->len + nlen + 5, value, len);
+    x->len += nlen + 5 + len;
+    return 0;
+}
+
+int vm_guest_xattrs(struct vm_plug *p, int fs, const char *path, struct vm_xattrs *out)
+{
+    memset(out, 0, sizeof *out);
+    CLEANUP_FREE char *gp = guest_path(p, fs, path);
+    if (!gp)
+        return -1;
+    guestfs_h *g = use(p);
+    if (!g)
+        return -1;
+    guestfs_push_error_handler(g, NULL, NULL);
+    struct guestfs_xattr_list *l = guestfs_lgetxattrs(g, gp);
+    guestfs_pop_error_handler(g);
+    vm_appliance_handle_release(p->appliance);
+    /* A filesystem without xattrs (vfat) answers with an error: that is "none". */
+    for (uint32_t i = 0; l && i < l->len; i++)
+        xattrs_add(out, l->val[i].attrname, l->val[i].attrval, l->val[i].attrval_len);
+    if (l)
+        guestfs_free_xattr_list(l);
+    return 0;
+}
+
+int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out)
+{
+    guestfs_h *g = use(p);
+    if (!g)
+        return -1;
+    struct guestfs_statvfs *s = guestfs_statvfs(g, p->fs[fs].mountpoint);
+    int r = s ? 0 : gfs_error(g, "statvfs");
+    if (s) {
+        memset(out, 0, sizeof *out);
+        out->f_bsize = (unsigned long)s->bsize;
+        out->f_frsize = (unsigned long)s->frsize;
+        out->f_blocks = (fsblkcnt_t)s->blocks;
+        out->f_bfree = (fsblkcnt_t)s->bfree;
+        out->f_bavail = (fsblkcnt_t)s->bavail;
+        out->f_files = (fsfilcnt_t)s->files;
+        out->f_ffree = (fsfilcnt_t)s->ffree;
+        out->f_favail = (fsfilcnt_t)s->favail;
+        out->f_namemax = (unsigned long)s->namemax;
+        guestfs_free_statvfs(s);
+    }
+    vm_appliance_handle_release(p->appliance);
+    return r;
+}
+
+/* Attributes in batches: each reply is capped at 4 MiB (~20 000 lstatns). */
+#define ATTR_BATCH 4000
+
+/* The names in directory GP, streamed with ls0 (a readdir reply is capped at
+ * 4 MiB: ~100 000 names would not fit) into a memfd, then read back. */
+static int list_names(guestfs_h *g, const char *gp, const char *path, struct vm_guest_dir *d)
+{
+    int fd = memfd_create("virtmount-ls0", MFD_CLOEXEC);
+    if (fd < 0)
+        return vm_error(errno, "memfd_create: %s", strerror(errno));
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    if (guestfs_ls0(g, gp, proc) < 0) {
+        close(fd);
+        return gfs_error(g, path);
+    }
+    struct stat st;
+    fstat(fd, &st);
+    char *names = st.st_size ? malloc((size_t)st.st_size) : NULL;
+    if (st.st_size && (!names || pread(fd, names, (size_t)st.st_size, 0) != st.st_size)) {
+        free(names);
+        close(fd);
+        return vm_error(EIO, "cannot read the listing of %s", path);
+    }
+    close(fd);
+    size_t count = 0;
+    for (off_t i = 0; i < st.st_size; i++)
+        count += names[i] == '\0';
+    d->v = calloc(count ? count : 1, sizeof *d->v);
+    for (off_t i = 0; d->v && i < st.st_size;) {
+        const char *name = names + i;
+        size_t len = strnlen(name, (size_t)(st.st_size - i));
+        if (len && strcmp(name, ".") && strcmp(name, ".."))
+            d->v[d->n++].name = strndup(name, len);
+        i += (off_t)len + 1;
+    }
+    free(names);
+    return d->v ? 0 : vm_error(ENOMEM, "out of memory");
+}
 
 struct vm_guest_dir *vm_guest_readdir(struct vm_plug *p, int fs, const char *path)
 {
@@ -1378,25 +1497,9 @@ struct vm_guest_dir *vm_guest_readdir(struct vm_plug *p, int fs, const char *pat
         free(d);
         return NULL;
     }
-    struct guestfs_dirent_list *ents = guestfs_readdir(g, gp);
-    if (!ents) {
-        gfs_error(g, path);
-        vm_appliance_handle_release(p->appliance);
-        free(d);
-        return NULL;
-    }
-    d->v = calloc(ents->len ? ents->len : 1, sizeof *d->v);
-    for (uint32_t i = 0; d->v && i < ents->len; i++) {
-        const char *name = ents->val[i].name;
-        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-            continue;
-        d->v[d->n++].name = strdup(name);
-    }
-    guestfs_free_dirent_list(ents);
-    /* Attributes in batches: one round trip per LSTAT_BATCH entries. */
-    int r = d->v ? 0 : vm_error(ENOMEM, "out of memory");
-    for (size_t start = 0; r == 0 && start < d->n; start += LSTAT_BATCH) {
-        size_t count = d->n - start < LSTAT_BATCH ? d->n - start : LSTAT_BATCH;
+    int r = list_names(g, gp, path, d);
+    for (size_t start = 0; r == 0 && start < d->n; start += ATTR_BATCH) {
+        size_t count = d->n - start < ATTR_BATCH ? d->n - start : ATTR_BATCH;
         char **names = calloc(count + 1, sizeof *names);
         if (!names) {
             r = vm_error(ENOMEM, "out of memory");
@@ -1405,14 +1508,35 @@ struct vm_guest_dir *vm_guest_readdir(struct vm_plug *p, int fs, const char *pat
         for (size_t i = 0; i < count; i++)
             names[i] = d->v[start + i].name;
         struct guestfs_statns_list *sl = guestfs_lstatnslist(g, gp, names);
-        free(names);
         if (!sl) {
             r = gfs_error(g, path);
+            free(names);
             break;
         }
         for (size_t i = 0; i < count && i < sl->len; i++)
             statns_to_stat(&sl->val[i], &d->v[start + i].st);
         guestfs_free_statns_list(sl);
+        /* Extended attributes too: the kernel does not cache them, and `ls -l`
+         * asks for them on every file; answered from memory from now on. */
+        guestfs_push_error_handler(g, NULL, NULL);
+        struct guestfs_xattr_list *xl = guestfs_lxattrlist(g, gp, names);
+        guestfs_pop_error_handler(g);
+        free(names);
+        /* The list is, per file, a header (empty name, value: the count) and its attributes. */
+        size_t file = start;
+        for (uint32_t i = 0; xl && i < xl->len && file < start + count;) {
+            struct guestfs_xattr *h = &xl->val[i];
+            char num[16] = "";
+            memcpy(num, h->attrval, h->attrval_len < 15 ? h->attrval_len : 15);
+            unsigned long nattrs = h->attrname[0] ? 0 : strtoul(num, NULL, 10);
+            i++;
+            for (unsigned long k = 0; k < nattrs && i < xl->len; k++, i++)
+                xattrs_add(&d->v[file].xattrs, xl->val[i].attrname, xl->val[i].attrval,
+                           xl->val[i].attrval_len);
+            file++;
+        }
+        if (xl)
+            guestfs_free_xattr_list(xl);
     }
     vm_appliance_handle_release(p->appliance);
     if (r < 0) {

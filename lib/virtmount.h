@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -255,15 +256,32 @@ void vm_plug_close(struct vm_plug *p);
 /** Read the whole disk at block level. Returns bytes read, or -1. */
 ssize_t vm_plug_image_pread(struct vm_plug *p, char *buf, size_t size, int64_t offset);
 
+/**
+ * A file's extended attributes, packed: for each, its name, a NUL, a
+ * little-endian u32 length and the value.  Walk with vm_xattrs_next.
+ */
+struct vm_xattrs {
+    size_t len;
+    char *data; /* NULL when none */
+};
+/** The attribute after position *POS (start at 0); false at the end. */
+bool vm_xattrs_next(const struct vm_xattrs *x, size_t *pos, const char **name,
+                    const char **value, uint32_t *value_len);
+
 /** A directory of a guest filesystem with every entry's attributes. */
 struct vm_guest_dir {
     size_t n;
     struct vm_guest_entry {
         char *name;
         struct stat st;
+        struct vm_xattrs xattrs;
     } *v;
 };
 int vm_guest_lstat(struct vm_plug *p, int fs, const char *path, struct stat *st);
+/** PATH's extended attributes (none is not an error). */
+int vm_guest_xattrs(struct vm_plug *p, int fs, const char *path, struct vm_xattrs *out);
+/** statvfs of the guest filesystem FS. */
+int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out);
 struct vm_guest_dir *vm_guest_readdir(struct vm_plug *p, int fs, const char *path);
 void vm_guest_dir_free(struct vm_guest_dir *d);
 ssize_t vm_guest_pread(struct vm_plug *p, int fs, const char *path, char *buf, size_t size,
