@@ -11,6 +11,7 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -190,6 +191,23 @@ struct node_ops {
 extern const struct node_ops node_root_ops, node_status_ops, node_host_ops, node_domain_ops,
     node_domain_file_ops, node_devices_ops, node_device_ops, node_device_file_ops,
     node_disks_ops, node_plugged_ops, node_plugged_file_ops, node_guest_ops;
+
+/**
+ * Read-ahead for one open file: sequential readers get VM_MAX_PREAD per
+ * round trip to the appliance, whatever size the kernel asks for.
+ */
+struct readahead {
+    pthread_mutex_t lock;
+    char *buf;
+    off_t off;    /* what buf holds: [off, off + len) */
+    size_t len;
+    off_t next;   /* where a sequential reader reads next */
+};
+void readahead_init(struct readahead *ra);
+void readahead_free(struct readahead *ra);
+/** Read SIZE at OFF of a file of FILE_SIZE bytes, through FETCH for what is not at hand. */
+ssize_t readahead_read(struct readahead *ra, char *out, size_t size, off_t off, off_t file_size,
+                       ssize_t (*fetch)(void *ctx, char *buf, size_t size, off_t off), void *ctx);
 
 /** The plug a node under disks/<name>/ belongs to, referenced; NULL (ENOENT) if unplugged. */
 struct vm_plug *node_plug(const struct node *n);

@@ -87,6 +87,8 @@ static int guest_readdir(const struct node *dir, struct dir_list *list)
 struct guest_file {
     struct vm_plug *plug;
     int fs;
+    const char *path;
+    struct readahead ra;
 };
 
 static int guest_open(const struct node *n, void **handle)
@@ -103,21 +105,28 @@ static int guest_open(const struct node *n, void **handle)
         free(f);
         return -1;
     }
+    f->path = n->path;
+    readahead_init(&f->ra);
     *handle = f;
     return 0;
+}
+
+static ssize_t fetch(void *ctx, char *buf, size_t size, off_t off)
+{
+    struct guest_file *f = ctx;
+    return vm_guest_pread(f->plug, f->fs, f->path, buf, size, off);
 }
 
 static ssize_t guest_read(const struct node *n, void *handle, char *buf, size_t size, off_t off)
 {
     struct guest_file *f = handle;
-    if (off >= n->st.st_size)
-        return 0;
-    return vm_guest_pread(f->plug, f->fs, n->path, buf, size, off);
+    return readahead_read(&f->ra, buf, size, off, n->st.st_size, fetch, f);
 }
 
 static void guest_release(const struct node *n, void *handle)
 {
     struct guest_file *f = handle;
+    readahead_free(&f->ra);
     vm_plug_unref(f->plug);
     free(f);
 }

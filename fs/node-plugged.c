@@ -103,21 +103,38 @@ static int plugged_file_getattr(const struct node *n, struct stat *st)
     return 0;
 }
 
+struct plugged_file {
+    struct vm_plug *plug;
+    struct readahead ra;
+};
+
 static int plugged_file_open(const struct node *n, void **handle)
 {
-    struct vm_plug *p = node_plug(n);
-    if (!p)
+    struct plugged_file *f = calloc(1, sizeof *f);
+    if (!f)
+        return vm_error(ENOMEM, "out of memory");
+    f->plug = node_plug(n);
+    if (!f->plug) {
+        free(f);
         return -1;
-    *handle = p; /* released by plugged_file_release */
+    }
+    readahead_init(&f->ra);
+    *handle = f;
     return 0;
+}
+
+static ssize_t fetch_image(void *ctx, char *buf, size_t size, off_t off)
+{
+    return vm_plug_image_pread(ctx, buf, size, off);
 }
 
 static ssize_t plugged_file_read(const struct node *n, void *handle, char *buf, size_t size,
                                  off_t off)
 {
-    struct vm_plug *p = handle;
+    struct plugged_file *f = handle;
+    struct vm_plug *p = f->plug;
     if (n->file == F_IMAGE)
-        return vm_plug_image_pread(p, buf, size, off);
+        return readahead_read(&f->ra, buf, size, off, vm_plug_size(p), fetch_image, p);
     const char *info = vm_plug_info(p);
     size_t len = strlen(info);
     if (off < 0 || (size_t)off >= len)
@@ -129,7 +146,10 @@ static ssize_t plugged_file_read(const struct node *n, void *handle, char *buf, 
 
 static void plugged_file_release(const struct node *n, void *handle)
 {
-    vm_plug_unref(handle);
+    struct plugged_file *f = handle;
+    readahead_free(&f->ra);
+    vm_plug_unref(f->plug);
+    free(f);
 }
 
 const struct node_ops node_plugged_file_ops = {

@@ -180,3 +180,63 @@ void node_fill_file(struct stat *st, time_t mtime)
     st->st_nlink = 1;
     fill_common(st, mtime);
 }
+
+void readahead_init(struct readahead *ra)
+{
+    memset(ra, 0, sizeof *ra);
+    pthread_mutex_init(&ra->lock, NULL);
+}
+
+void readahead_free(struct readahead *ra)
+{
+    free(ra->buf);
+    pthread_mutex_destroy(&ra->lock);
+}
+
+ssize_t readahead_read(struct readahead *ra, char *out, size_t size, off_t off, off_t file_size,
+                       ssize_t (*fetch)(void *ctx, char *buf, size_t size, off_t off), void *ctx)
+{
+    if (off >= file_size)
+        return 0;
+    if ((off_t)size > file_size - off)
+        size = (size_t)(file_size - off);
+    pthread_mutex_lock(&ra->lock);
+    if (ra->buf && off >= ra->off && off + (off_t)size <= ra->off + (off_t)ra->len) {
+        memcpy(out, ra->buf + (off - ra->off), size);
+        ra->next = off + (off_t)size;
+        pthread_mutex_unlock(&ra->lock);
+        return (ssize_t)size;
+    }
+    /* Sequential (or large) reads fetch a whole window: one round trip
+     * instead of several.  Small random reads fetch what they ask. */
+    bool sequential = off == ra->next || size >= 256 * 1024;
+    size_t want = sequential && size < VM_MAX_PREAD ? VM_MAX_PREAD : size;
+    if ((off_t)want > file_size - off)
+        want = (size_t)(file_size - off);
+    if (want == size) {
+        pthread_mutex_unlock(&ra->lock);
+        ssize_t got = fetch(ctx, out, size, off);
+        pthread_mutex_lock(&ra->lock);
+        if (got > 0)
+            ra->next = off + got;
+        pthread_mutex_unlock(&ra->lock);
+        return got;
+    }
+    if (!ra->buf && !(ra->buf = malloc(VM_MAX_PREAD))) {
+        pthread_mutex_unlock(&ra->lock);
+        return fetch(ctx, out, size, off);
+    }
+    ssize_t got = fetch(ctx, ra->buf, want, off);
+    if (got < 0) {
+        ra->len = 0;
+        pthread_mutex_unlock(&ra->lock);
+        return -1;
+    }
+    ra->off = off;
+    ra->len = (size_t)got;
+    size_t n = (size_t)got < size ? (size_t)got : size;
+    memcpy(out, ra->buf, n);
+    ra->next = off + (off_t)n;
+    pthread_mutex_unlock(&ra->lock);
+    return (ssize_t)n;
+}

@@ -388,8 +388,9 @@ int vm_appliance_files_ship(virConnectPtr conn, const struct vm_appliance_files 
     if (marker) {
         virStorageVolFree(marker);
     } else if (r == 0) {
+        CLEANUP_FREE char *uri = virConnectGetURI(conn);
         vm_notice(VM_NOTICE_INFO, "shipping the appliance (generation %s) to %s", generation,
-                  virConnectGetURI(conn) ? "the remote host" : "the host");
+                  uri ? uri : "the remote host");
         for (int i = 0; i < 3 && r == 0; i++)
             r = upload(conn, pool, names[i], paths[i]);
         if (r == 0) {

@@ -309,6 +309,10 @@ static int connect_host(struct vm_host *h)
     if (removed > 0)
         vm_notice(VM_NOTICE_WARNING, "host %s: removed %d appliance(s) left by an earlier run",
                   h->name, removed);
+    int ended = vm_backup_jobs_cleanup(h->conn);
+    if (ended > 0)
+        vm_notice(VM_NOTICE_WARNING, "host %s: ended %d backup job(s) left by an earlier run",
+                  h->name, ended);
     return 0;
 }
 

@@ -135,6 +135,8 @@ char *vm_helper_path(const char *name);
 
 /* ---- plug.c ---- */
 
+/** End the backup jobs a killed run of this instance left on CONN; how many. */
+int vm_backup_jobs_cleanup(virConnectPtr conn);
 /** A domain of H started or stopped (event loop thread; does not block). */
 void vm_plug_domain_event(struct vm_host *h, const char *uuid, bool started, bool stopped);
 

@@ -233,6 +233,15 @@ static struct vm_appliance *appliance_take(struct vm_host *h, const char *uuid, 
     struct appliance_entry *best = NULL;
     size_t count = 0;
     bool all_busy = true;
+    /* A clone's appliance, once empty, serves the next clone. */
+    for (size_t i = 0; i < nappls && exclusive && !best; i++)
+        if (appls[i].host == h && appls[i].reserved && appls[i].load == 0)
+            best = &appls[i];
+    if (best) {
+        best->load++;
+        best->idle_since = 0;
+        return best->appliance;
+    }
     for (size_t i = 0; i < nappls && !exclusive; i++) {
         struct appliance_entry *e = &appls[i];
         if (e->host != h || e->reserved)
@@ -322,9 +331,9 @@ static void appliance_died(struct vm_appliance *a, unsigned generation, const ch
     size_t n;
     struct vm_plug **dropped = take_plugs(of_boot, &d, &n);
     vm_notice(VM_NOTICE_WARNING,
-              "%s: the appliance stopped by itself (%s): %zu plug(s) dropped; they can be "
+              "host %s: the appliance stopped by itself (%s): %zu plug(s) dropped; they can be "
               "plugged again",
-              n ? vm_host_name(dropped[0]->host) : "a host", why, n);
+              n ? vm_host_name(dropped[0]->host) : "?", why, n);
     vm_appliance_stop(a, generation);
     for (size_t i = 0; i < n; i++) {
         struct vm_plug *p = dropped[i];
@@ -388,6 +397,9 @@ static void *eager_thread(void *arg)
 
 void vm_plug_start_eager(struct vm_host *h)
 {
+    /* With isolate=domain no appliance exists before a domain's first plug. */
+    if (vm_settings.isolate_domain)
+        return;
     pthread_t t;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -852,6 +864,31 @@ static void job_release(struct backup_job *j)
             unlink(j->scratch[i]);
     }
     job_free(j);
+}
+
+int vm_backup_jobs_cleanup(virConnectPtr conn)
+{
+    /* A killed virtmount leaves its jobs running (and the domain's owner
+     * unable to back it up): ours are those exporting on our socket names. */
+    virDomainPtr *doms = NULL;
+    int n = virConnectListAllDomains(conn, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+    if (n < 0)
+        return -1;
+    char mark[64];
+    snprintf(mark, sizeof mark, "virtmount-%.8s-", vm_instance_id());
+    int ended = 0;
+    for (int i = 0; i < n; i++) {
+        virDomainJobInfo info;
+        if (virDomainGetJobInfo(doms[i], &info) == 0 && info.type != VIR_DOMAIN_JOB_NONE) {
+            char *xml = virDomainBackupGetXMLDesc(doms[i], 0);
+            if (xml && strstr(xml, mark) && virDomainAbortJob(doms[i]) == 0)
+                ended++;
+            free(xml);
+        }
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+    return ended;
 }
 
 /* ---- plug and unplug ------------------------------------------------------ */
