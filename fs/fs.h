@@ -36,6 +36,7 @@ struct options {
     bool appliance_eager;
     unsigned appliances;
     bool isolate_domain;
+    unsigned cache_mb;
     bool parse_failed; /* fuse_opt_parse's callback cannot return why: vm_error has it */
 };
 
@@ -99,6 +100,7 @@ struct node {
     struct stat st; /* NODE_GUEST: the guest's attributes; they cannot change while plugged */
     struct vm_xattrs xattrs; /* NODE_GUEST: likewise its extended attributes */
     struct node *hash_next;
+    struct node *lru_prev, *lru_next; /* NODE_GUEST: in the table's LRU list */
 };
 
 /** True for directories (a guest node is one when the guest says so). */
@@ -120,6 +122,8 @@ struct node *inode_find(fuse_ino_t ino);
 /** The inode number ID has (or would have). 0 with an error recorded on failure. */
 fuse_ino_t inode_number(const struct node_id *id);
 void inode_forget(fuse_ino_t ino, uint64_t nlookup);
+/** Past BYTES of guest nodes, the coldest are invalidated for the kernel to forget. */
+void inode_set_cache_limit(size_t bytes);
 /** The hosts of the mount. */
 struct vm_host **inode_hosts(size_t *n);
 
@@ -229,5 +233,7 @@ extern const struct fuse_lowlevel_ops fs_ops;
 /** The host listener: invalidates the kernel's caches after a change. */
 void fs_host_changed(void *opaque, struct vm_host *h, const char *domain_uuid);
 void fs_set_session(struct fuse_session *se);
+/** Ask the kernel to forget the entries of V (names freed here). */
+void fs_forget_entries(struct invalidation *v, size_t n);
 
 #endif

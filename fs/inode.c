@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "cleanup.h"
 
@@ -23,6 +24,45 @@ static struct vm_ino_registry *registry;
 static struct vm_host **hosts;
 static size_t nhosts;
 static struct node root = {.ino = FUSE_ROOT_ID, .parent = FUSE_ROOT_ID, .kind = NODE_ROOT};
+
+/* Guest nodes, most recently used first, and the memory they hold: past
+ * the cache limit the coldest are invalidated so the kernel forgets them
+ * (it holds lookup counts; only its FORGET lets us free a node). */
+static struct node lru = {.lru_prev = &lru, .lru_next = &lru};
+static size_t guest_memory;
+static size_t cache_limit = 256u << 20;
+static pthread_cond_t trim_cond = PTHREAD_COND_INITIALIZER;
+static pthread_t trimmer;
+static bool trimmer_running, trimmer_stop;
+
+static void *trim_thread(void *arg);
+
+static size_t node_memory(const struct node *n)
+{
+    return sizeof *n + (n->name ? strlen(n->name) + 1 : 0) + (n->path ? strlen(n->path) + 1 : 0) +
+           (n->fsname ? strlen(n->fsname) + 1 : 0) + (n->disk ? strlen(n->disk) + 1 : 0) +
+           n->xattrs.len + 64 /* malloc overhead, the kernel's dentry is not ours */;
+}
+
+static void lru_unlink(struct node *n)
+{
+    if (!n->lru_next)
+        return;
+    n->lru_prev->lru_next = n->lru_next;
+    n->lru_next->lru_prev = n->lru_prev;
+    n->lru_prev = n->lru_next = NULL;
+}
+
+static void lru_touch(struct node *n)
+{
+    if (n->kind != NODE_GUEST)
+        return;
+    lru_unlink(n);
+    n->lru_next = lru.lru_next;
+    n->lru_prev = &lru;
+    lru.lru_next->lru_prev = n;
+    lru.lru_next = n;
+}
 
 static const char *const kind_keys[NODE_KIND_COUNT] = {
     [NODE_ROOT] = "",          [NODE_STATUS] = "status",  [NODE_HOST] = "host",
@@ -108,6 +148,8 @@ int inode_table_init(struct vm_ino_registry *r, struct vm_host **h, size_t n)
     nhosts = n;
     root.nlookup = 1;
     buckets[FUSE_ROOT_ID % NBUCKETS] = &root;
+    if (!trimmer_running && pthread_create(&trimmer, NULL, trim_thread, NULL) == 0)
+        trimmer_running = true;
     return 0;
 }
 
@@ -123,6 +165,14 @@ static void node_free(struct node *n)
 
 void inode_table_free(void)
 {
+    if (trimmer_running) {
+        pthread_mutex_lock(&table_lock);
+        trimmer_stop = true;
+        pthread_cond_broadcast(&trim_cond);
+        pthread_mutex_unlock(&table_lock);
+        pthread_join(trimmer, NULL);
+        trimmer_running = false;
+    }
     for (size_t i = 0; i < NBUCKETS; i++) {
         struct node *n = buckets[i];
         while (n) {
@@ -133,6 +183,41 @@ void inode_table_free(void)
         }
         buckets[i] = NULL;
     }
+}
+
+/* Asks the kernel to forget the coldest guest nodes while over the limit. */
+static void *trim_thread(void *arg)
+{
+    pthread_mutex_lock(&table_lock);
+    while (!trimmer_stop) {
+        if (guest_memory <= cache_limit) {
+            pthread_cond_wait(&trim_cond, &table_lock);
+            continue;
+        }
+        /* Down to 80 % of the limit, in rounds of at most 4096 entries. */
+        size_t target = guest_memory - cache_limit + cache_limit / 5, freed = 0, n = 0;
+        struct invalidation *v = calloc(4096, sizeof *v);
+        for (struct node *c = lru.lru_prev; v && c != &lru && freed < target && n < 4096;
+             c = c->lru_prev) {
+            v[n++] = (struct invalidation){.ino = c->ino, .parent = c->parent,
+                                           .name = strdup(c->name)};
+            freed += node_memory(c);
+        }
+        pthread_mutex_unlock(&table_lock);
+        fs_forget_entries(v, n);
+        free(v);
+        /* The kernel's FORGETs come back asynchronously; let them. */
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&table_lock);
+    }
+    pthread_mutex_unlock(&table_lock);
+    return NULL;
+}
+
+void inode_set_cache_limit(size_t bytes)
+{
+    cache_limit = bytes;
 }
 
 struct vm_host **inode_hosts(size_t *n)
@@ -152,7 +237,10 @@ static struct node *find_locked(fuse_ino_t ino)
 struct node *inode_find(fuse_ino_t ino)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    return find_locked(ino);
+    struct node *n = find_locked(ino);
+    if (n)
+        lru_touch(n);
+    return n;
 }
 
 struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *name,
@@ -203,7 +291,13 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
         }
         n->hash_next = buckets[ino % NBUCKETS];
         buckets[ino % NBUCKETS] = n;
+        if (n->kind == NODE_GUEST) {
+            guest_memory += node_memory(n);
+            if (guest_memory > cache_limit)
+                pthread_cond_signal(&trim_cond);
+        }
     }
+    lru_touch(n);
     if (count_lookup)
         n->nlookup++;
     return n;
@@ -223,6 +317,9 @@ void inode_forget(fuse_ino_t ino, uint64_t nlookup)
     n->nlookup = n->nlookup > nlookup ? n->nlookup - nlookup : 0;
     if (n->nlookup == 0) {
         *pp = n->hash_next;
+        if (n->kind == NODE_GUEST)
+            guest_memory -= node_memory(n);
+        lru_unlink(n);
         node_free(n);
     }
 }

@@ -164,6 +164,7 @@ int main(int argc, char **argv)
         fs_log(LOG_ERR, "out of memory");
         goto out;
     }
+    inode_set_cache_limit((size_t)o.cache_mb << 20);
     inode_table_init(registry, hosts, 0);
     if (o.hosts.nhosts == 0) {
         enum vm_host_kind kind;

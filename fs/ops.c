@@ -621,6 +621,15 @@ static void invalidate(fuse_ino_t ino, fuse_ino_t parent, const char *name)
     fuse_lowlevel_notify_inval_inode(session, ino, 0, 0);
 }
 
+void fs_forget_entries(struct invalidation *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (session && v[i].name)
+            fuse_lowlevel_notify_inval_entry(session, v[i].parent, v[i].name, strlen(v[i].name));
+        free(v[i].name);
+    }
+}
+
 void fs_host_changed(void *opaque, struct vm_host *h, const char *domain_uuid)
 {
     if (!domain_uuid)

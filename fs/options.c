@@ -24,6 +24,7 @@ enum {
     KEY_APPLIANCE,
     KEY_APPLIANCES,
     KEY_ISOLATE,
+    KEY_CACHE,
 };
 
 #define OPT(t, p) {t, offsetof(struct options, p), 1}
@@ -39,6 +40,7 @@ static const struct fuse_opt option_spec[] = {
     FUSE_OPT_KEY("appliance=", KEY_APPLIANCE),
     FUSE_OPT_KEY("appliances=", KEY_APPLIANCES),
     FUSE_OPT_KEY("isolate=", KEY_ISOLATE),
+    FUSE_OPT_KEY("cache_mb=", KEY_CACHE),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
     FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -95,6 +97,8 @@ static int process(void *data, const char *arg, int key, struct fuse_args *outar
     static const char *const isolations[] = {"none", "domain", NULL};
     int choice;
     switch (key) {
+    case KEY_CACHE:
+        return parse_number(o, arg, 1, 1 << 20, &o->cache_mb);
     case KEY_APPLIANCES:
         return parse_number(o, arg, 1, 64, &o->appliances);
     case KEY_ISOLATE:
@@ -161,6 +165,7 @@ int options_parse(int argc, char **argv, struct options *o, struct fuse_args *fu
     o->max_drives = 254;
     o->appliance_idle = 300;
     o->appliances = 1;
+    o->cache_mb = 256;
     *fuse_args = (struct fuse_args)FUSE_ARGS_INIT(argc, argv);
     if (fuse_opt_parse(fuse_args, o, option_spec, process) < 0) {
         if (!o->parse_failed)
@@ -218,6 +223,8 @@ void options_usage(const char *progname)
            "                           loaded first, so they are read in parallel (default 1)\n"
            "    -o isolate=none|domain each domain's drives in an appliance of its own\n"
            "                           (default none)\n"
+           "    -o cache_mb=N          memory for what is known of guest files, in MiB\n"
+           "                           (default 256); past it the coldest are forgotten\n"
            "\n"
            "With no host configured, localhost is qemu:///system when a libvirt daemon\n"
            "answers there, else libvirt's embedded driver rooted in STATEDIR/embed.\n"
