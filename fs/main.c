@@ -214,7 +214,9 @@ int main(int argc, char **argv)
     struct fuse_loop_config *loop = fuse_loop_cfg_create();
     fuse_loop_cfg_set_max_threads(loop, 16);
     fuse_loop_cfg_set_idle_threads(loop, 4);
-    status = fuse_session_loop_mt(se, loop) == 0 ? 0 : 1;
+    /* libfuse returns the signal's number when SIGTERM or SIGINT ended the
+     * loop: that is a clean unmount too. */
+    status = fuse_session_loop_mt(se, loop) < 0 ? 1 : 0;
     fuse_loop_cfg_destroy(loop);
     fs_log(LOG_NOTICE, "unmounting %s", o.mountpoint);
 

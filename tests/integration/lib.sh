@@ -8,6 +8,9 @@
 # /run/libvirt, /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt
 # (NOTES.md, "Running libvirt here"; prototypes/lvd.sh).
 #
+# Run them all:   meson test -C build --suite integration      (as root)
+# Run one:        VIRTMOUNT=build/fs/virtmount tests/integration/test-tree.sh
+#
 # Environment:
 #   VIRTMOUNT     the virtmount binary (meson passes it; default build/fs/virtmount)
 #   SRCDIR        the source tree (default: two levels above this file)
@@ -157,7 +160,7 @@ vmt_require() {
     [[ -c /dev/fuse ]] || skip "/dev/fuse is missing"
     local p
     for p in libvirtd virsh qemu-system-x86_64 qemu-img fusermount3 mountpoint \
-             unshare python3 awk cmp; do
+             unshare setpriv python3 awk cmp; do
         command -v "$p" >/dev/null || skip "$p is not installed"
     done
     if [[ -z "${VMT_NO_VIRTMOUNT:-}" && ! -x "$VIRTMOUNT" ]]; then
@@ -198,6 +201,7 @@ wait_pid_gone() {
 kill_pid() {
     pid_alive "$1" || return 0
     kill -TERM "$1" 2>/dev/null || true
+    kill -CONT "$1" 2>/dev/null || true     # a stopped process gets it too
     wait_pid_gone "$1" 5 && return 0
     say "pid $1 ignored SIGTERM, sending SIGKILL"
     kill -KILL "$1" 2>/dev/null || true
@@ -251,8 +255,10 @@ vmt_dump_logs() {
     done
     for f in "${LV_BASE[@]}"; do
         if [[ -s $f/libvirtd.log ]]; then
-            echo "----- tail of $f/libvirtd.log" >&2
-            tail -n 20 -- "$f/libvirtd.log" >&2 || true
+            # Less what every start says in a bare container.
+            echo "----- tail of $f/libvirtd.log (less the usual startup noise)" >&2
+            grep -Ev 'libvirt version:|hostname:|dnsmasq|GDBus|DBus not available|udevGetDMIData|dmidecode|^$|security driver "none"|is tainted: high-privileges|At least one cgroup controller' \
+                -- "$f/libvirtd.log" | tail -n 20 >&2 || true
         fi
         if [[ -s $f/stderr.log ]]; then
             echo "----- $f/stderr.log" >&2
@@ -291,7 +297,7 @@ vmt_cleanup() {
             wait "$pid" 2>/dev/null
         fi
         for pid in $(pids_with_arg "$m"); do
-            echo "cleanup: killing leftover pid $pid ($(tr '\0' ' ' < /proc/$pid/cmdline 2>/dev/null))" >&2
+            echo "cleanup: killing leftover pid $pid ($(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null))" >&2
             kill_pid "$pid"
         done
     done
@@ -343,6 +349,13 @@ vmt_start_watchdog() {
             [[ $p == "$BASHPID" ]] && continue
             kill -TERM "$p" 2>/dev/null
         done
+        # A virtmount that is stuck (or stopped) ignores SIGTERM: killing it
+        # closes its /dev/fuse, which fails every request waiting on it.
+        sleep 3
+        for p in $(child_pids "$main"); do
+            [[ $p == "$BASHPID" ]] && continue
+            kill -KILL "$p" 2>/dev/null
+        done
     ) &
     VMT_WATCHDOG=$!
 }
@@ -355,8 +368,12 @@ vmt_init() {
     trap 'vmt_on_signal INT' INT
     trap 'vmt_on_signal TERM' TERM
     trap 'vmt_on_signal HUP' HUP
-    VMT_DIR=$(mktemp -d "/var/tmp/virtmount-$VMT_NAME.XXXXXX")
+    # The prefix is what .ci/run recognises as a test's (its mounts, and the
+    # processes in a test libvirtd's mount namespace).
+    VMT_DIR=$(mktemp -d "/var/tmp/vmt-itest.$VMT_NAME.XXXXXX")
     chmod 755 "$VMT_DIR"
+    # .ci/run's mark: whatever it finds left in this directory is its own.
+    if [[ -n ${VMT_CI_RUN:-} ]]; then echo "VMT_CI_RUN=$VMT_CI_RUN" > "$VMT_DIR/ci-run"; fi
     vmt_start_watchdog "$VMT_TIMEOUT"
     say "directory $VMT_DIR, timeout ${VMT_TIMEOUT}s"
 }
@@ -641,7 +658,8 @@ vm_mount() {
     fi
     mkdir -p -- "$m"
     is_mounted "$m" && fail "$m is already mounted"
-    local log=$VMT_DIR/virtmount-$(basename "$m").log
+    local log
+    log=$VMT_DIR/virtmount-$(basename "$m").log
     echo "=== $(date '+%T') $VIRTMOUNT -f -o $opts $* $m" >> "$log"
     # A background job of a script starts with SIGINT and SIGQUIT ignored,
     # and libfuse leaves an ignored signal alone: give them back their
@@ -662,7 +680,7 @@ vm_mount() {
         if ! pid_alive "$pid"; then
             local rc=0
             wait "$pid" || rc=$?
-            fail "virtmount exited with status $rc before mounting $m: $(tail -n 20 "$log")"
+            fail "virtmount exited with status $rc before mounting $m (its log is below)"
         fi
         sleep 0.1
     done
@@ -688,7 +706,7 @@ vm_umount() {
     local rc=0
     wait "$pid" || rc=$?
     VMT_MOUNT_PID[$m]=
-    [[ $rc -eq 0 ]] || fail "virtmount exited with status $rc after unmount ($how): $(tail -n 20 "${VMT_MOUNT_LOG[$m]}")"
+    [[ $rc -eq 0 ]] || fail "virtmount exited with status $rc after unmount ($how) (its log is below)"
     local i
     for ((i = 0; i < 50; i++)); do is_mounted "$m" || break; sleep 0.1; done
     is_mounted "$m" && fail "$m is still mounted after virtmount exited ($how)"
@@ -699,3 +717,13 @@ vm_umount() {
 }
 
 vm_pid() { echo "${VMT_MOUNT_PID[$1]:-}"; }
+
+# status_section MOUNTPOINT HOST URI: HOST's part of MOUNTPOINT/.status --
+# its section when sections start with "host NAME", else the lines that
+# give its URI.
+status_section() {
+    awk -v h="$2" -v u="$3" '
+        /^host / { sections = 1; sec = ($2 == h) }
+        sec { print }
+        !sections && index($0, u) { print }' "$1/.status"
+}
