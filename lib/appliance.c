@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,7 +33,10 @@
 #define TCG_BOOT_TIMEOUT_MS 240000
 #define CHANNEL_NAME        "org.libguestfs.channel.0"
 
-enum state { STOPPED, BOOTING, RUNNING };
+/* Whoever finds it BOOTING or STOPPING waits for the outcome.  The lock is
+ * never held across anything slow, so .status and plugs of other
+ * appliances never wait on a boot. */
+enum state { STOPPED, BOOTING, RUNNING, STOPPING };
 
 struct vm_appliance {
     pthread_mutex_t lock;
@@ -282,32 +286,35 @@ static void channel_closed(void *opaque, const char *reason)
     pthread_attr_destroy(&attr);
 }
 
-/* Tear down whatever a boot set up (lock held). */
+/* Tear down whatever a boot set up (lock not held: this is slow). */
 static void teardown(struct vm_appliance *a)
 {
-    if (a->g) {
-        pthread_mutex_lock(&a->handle_lock);
-        guestfs_close(a->g); /* SIGTERMs the connector; autosync is off */
-        a->g = NULL;
-        pthread_mutex_unlock(&a->handle_lock);
-    }
-    vm_channel_close(a->channel);
-    a->channel = NULL;
-    vm_channel_close(a->console);
-    a->console = NULL;
+    pthread_mutex_lock(&a->handle_lock);
+    guestfs_h *g = a->g;
+    a->g = NULL;
+    pthread_mutex_unlock(&a->handle_lock);
+    if (g)
+        guestfs_close(g); /* SIGTERMs the connector; autosync is off */
+    pthread_mutex_lock(&a->lock);
+    struct vm_channel *channel = a->channel, *console = a->console;
+    a->channel = a->console = NULL;
     relay_close(a);
-    if (a->dom) {
-        virDomainDestroy(a->dom);
-        virDomainFree(a->dom);
-        a->dom = NULL;
-    }
-    if (a->conn) {
-        virConnectClose(a->conn);
-        a->conn = NULL;
-    }
+    virDomainPtr dom = a->dom;
+    virConnectPtr conn = a->conn;
+    a->dom = NULL;
+    a->conn = NULL;
     memset(a->units, 0, sizeof a->units);
     a->nunits = 0;
     a->dev_mounted = false;
+    pthread_mutex_unlock(&a->lock);
+    vm_channel_close(channel);
+    vm_channel_close(console);
+    if (dom) {
+        virDomainDestroy(dom);
+        virDomainFree(dom);
+    }
+    if (conn)
+        virConnectClose(conn);
 }
 
 static int launch_handle(struct vm_appliance *a, const char *relay_name)
@@ -317,6 +324,7 @@ static int launch_handle(struct vm_appliance *a, const char *relay_name)
         return -1;
     guestfs_h *g = guestfs_create_flags(GUESTFS_CREATE_NO_ENVIRONMENT |
                                         GUESTFS_CREATE_NO_CLOSE_ON_EXIT);
+    /* launch blocks until the relay (on the event loop) hands the socket over. */
     if (!g)
         return vm_error(errno, "cannot create a guestfs handle: %s", strerror(errno));
     guestfs_set_error_handler(g, NULL, NULL);
@@ -331,7 +339,9 @@ static int launch_handle(struct vm_appliance *a, const char *relay_name)
         guestfs_close(g);
         return -1;
     }
+    pthread_mutex_lock(&a->handle_lock);
     a->g = g;
+    pthread_mutex_unlock(&a->handle_lock);
     return 0;
 }
 
@@ -342,12 +352,15 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* One boot attempt, KVM or TCG (lock held; dropped while waiting). */
+/* One boot attempt, KVM or TCG (state BUSY, lock not held). */
 static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
 {
-    a->conn = vm_host_connection(a->host);
-    if (!a->conn)
+    virConnectPtr conn = vm_host_connection(a->host);
+    if (!conn)
         return -1;
+    pthread_mutex_lock(&a->lock);
+    a->conn = conn;
+    pthread_mutex_unlock(&a->lock);
     /* Our name on this host is ours alone: what bears it was left by a killed run. */
     virDomainPtr stale = virDomainLookupByName(a->conn, a->name);
     if (stale) {
@@ -366,7 +379,16 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
         }
         files = &shipped;
     }
+    /* The embedded driver would put the channel's socket under its root,
+     * which may be too deep for a unix socket's 108 bytes. */
+    bool embedded = strncmp(vm_host_uri(a->host), "qemu:///embed", 13) == 0;
+    char channel_path[108] = "";
+    if (embedded) {
+        mkdir("/run/virtmount", 0700);
+        snprintf(channel_path, sizeof channel_path, "/run/virtmount/%s.sock", a->name);
+    }
     struct vm_appliance_spec spec = {
+        .channel_path = embedded ? channel_path : NULL,
         .name = a->name,
         .kvm = kvm,
         .memory_mib = vm_settings.appliance_memory,
@@ -385,23 +407,27 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
     /* AUTODESTROY: libvirt removes the appliance if virtmount dies.  The
      * embedded driver has none (and dies with us): vm_appliances_cleanup
      * removes what it left at the next start. */
-    bool embedded = strncmp(vm_host_uri(a->host), "qemu:///embed", 13) == 0;
-    a->dom = virDomainCreateXML(a->conn, xml, embedded ? 0 : VIR_DOMAIN_START_AUTODESTROY);
-    if (!a->dom) {
+    virDomainPtr dom =
+        virDomainCreateXML(conn, xml, embedded ? 0 : VIR_DOMAIN_START_AUTODESTROY);
+    if (!dom) {
         vm_error_libvirt(EIO, "cannot start the appliance (%s)", kvm ? "KVM" : "TCG");
         teardown(a);
         return -1;
     }
-    a->console = vm_channel_open(a->conn, a->dom, NULL, true, NULL, NULL);
-    a->channel = vm_channel_open(a->conn, a->dom, CHANNEL_NAME, false, channel_closed, a);
-    if (!a->channel) {
+    struct vm_channel *console = vm_channel_open(conn, dom, NULL, true, NULL, NULL);
+    struct vm_channel *channel =
+        vm_channel_open(conn, dom, CHANNEL_NAME, false, channel_closed, a);
+    pthread_mutex_lock(&a->lock);
+    a->dom = dom;
+    a->console = console;
+    a->channel = channel;
+    pthread_mutex_unlock(&a->lock);
+    if (!channel) {
         teardown(a);
         return -1;
     }
     double t0 = now_seconds();
-    pthread_mutex_unlock(&a->lock);
-    int r = vm_channel_wait_flag(a->channel, timeout_ms);
-    pthread_mutex_lock(&a->lock);
+    int r = vm_channel_wait_flag(channel, timeout_ms);
     if (r < 0) {
         CLEANUP_FREE char *tail = a->console ? vm_channel_console_tail(a->console, 600) : NULL;
         vm_error(vm_error_errno(), "appliance (%s) did not boot: %s%s%s", kvm ? "KVM" : "TCG",
@@ -411,14 +437,10 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
         return -1;
     }
     char relay_name[64];
-    if (relay_listen(a, relay_name, sizeof relay_name) < 0) {
-        teardown(a);
-        return -1;
-    }
-    pthread_mutex_unlock(&a->lock);
-    r = launch_handle(a, relay_name);
     pthread_mutex_lock(&a->lock);
-    if (r < 0) {
+    r = relay_listen(a, relay_name, sizeof relay_name);
+    pthread_mutex_unlock(&a->lock);
+    if (r < 0 || launch_handle(a, relay_name) < 0) {
         teardown(a);
         return -1;
     }
@@ -455,26 +477,35 @@ static int boot(struct vm_appliance *a)
 
 int vm_appliance_start(struct vm_appliance *a)
 {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&a->lock);
-    for (;;) {
-        if (a->state == RUNNING)
+    pthread_mutex_lock(&a->lock);
+    while (a->state != STOPPED) {
+        if (a->state == RUNNING) {
+            pthread_mutex_unlock(&a->lock);
             return 0;
-        if (a->state == STOPPED)
-            break;
-        /* Booting: join that boot (it is bounded, so this wait is too). */
+        }
+        /* A boot in flight: join it (it is bounded, so this wait is too). */
+        bool joining = a->state == BOOTING;
         pthread_cond_wait(&a->cond, &a->lock);
-        if (a->state == STOPPED)
-            return vm_error(EIO, "%s", a->last_error ? a->last_error : "appliance boot failed");
+        if (joining && a->state == STOPPED) { /* the boot we joined failed */
+            int r = vm_error(EIO, "%s", a->last_error ? a->last_error : "appliance boot failed");
+            pthread_mutex_unlock(&a->lock);
+            return r;
+        }
     }
     a->state = BOOTING;
     a->generation++;
+    pthread_mutex_unlock(&a->lock);
+
     int r = boot(a);
     if (r < 0 && vm_error_errno() != EHOSTUNREACH) /* a boot that failed is an I/O error */
         vm_error(EIO, "%s", vm_error_message());
+
+    pthread_mutex_lock(&a->lock);
     free(a->last_error);
     a->last_error = r < 0 ? strdup(vm_error_message()) : NULL;
     a->state = r < 0 ? STOPPED : RUNNING;
     pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
     if (r == 0)
         vm_notice(VM_NOTICE_INFO, "host %s: appliance %s up in %.1f s (%s)",
                   vm_host_name(a->host), a->name, a->boot_seconds, a->kvm ? "KVM" : "TCG");
@@ -483,14 +514,20 @@ int vm_appliance_start(struct vm_appliance *a)
 
 void vm_appliance_stop(struct vm_appliance *a, unsigned generation)
 {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&a->lock);
-    while (a->state == BOOTING)
+    pthread_mutex_lock(&a->lock);
+    while (a->state == BOOTING || a->state == STOPPING)
         pthread_cond_wait(&a->cond, &a->lock);
-    if (a->state != RUNNING || (generation && generation != a->generation))
+    if (a->state != RUNNING || (generation && generation != a->generation)) {
+        pthread_mutex_unlock(&a->lock);
         return;
+    }
+    a->state = STOPPING;
+    pthread_mutex_unlock(&a->lock);
     teardown(a);
+    pthread_mutex_lock(&a->lock);
     a->state = STOPPED;
     pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->lock);
 }
 
 void vm_appliance_free(struct vm_appliance *a)
@@ -603,10 +640,15 @@ int vm_appliance_mount_dev(struct vm_appliance *a, guestfs_h *g, const char *dev
     return 0;
 }
 
+bool vm_appliance_dev_mounted(struct vm_appliance *a)
+{
+    return __atomic_load_n(&a->dev_mounted, __ATOMIC_ACQUIRE);
+}
+
 int vm_appliance_status(struct vm_appliance *a, FILE *out)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&a->lock);
-    static const char *const states[] = {"stopped", "booting", "running"};
+    static const char *const states[] = {"stopped", "booting", "running", "stopping"};
     fprintf(out, "  appliance %s\n    state: %s\n", a->name, states[a->state]);
     if (a->state == RUNNING) {
         struct tm tm;

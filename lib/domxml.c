@@ -378,7 +378,14 @@ char *vm_xml_appliance(const struct vm_appliance_spec *a)
             "usbcore.nousb cryptomgr.notests tsc=reliable 8250.nr_uarts=1 root=UUID=%s "
             "selinux=0 TERM=xterm</cmdline>\n  </os>\n",
             a->root_uuid);
-    fputs("  <features><acpi/><apic/></features>\n", f);
+    /* TCG's translation cache grows to 1 GiB with every program the
+     * appliance runs and never shrinks: bound it. */
+    if (a->kvm)
+        fputs("  <features><acpi/><apic/></features>\n", f);
+    else
+        fputs("  <features><acpi/><apic/><tcg><tb-cache unit='MiB'>256</tb-cache></tcg>"
+              "</features>\n",
+              f);
     if (a->kvm)
         fputs("  <cpu mode='host-passthrough'/>\n", f);
     else
@@ -406,8 +413,17 @@ char *vm_xml_appliance(const struct vm_appliance_spec *a)
           "    </disk>\n"
           "    <serial type='pty'><target port='0'/></serial>\n"
           "    <console type='pty'><target type='serial' port='0'/></console>\n"
-          "    <channel type='unix'>\n"
-          "      <target type='virtio' name='org.libguestfs.channel.0'/>\n"
+          "    <channel type='unix'>\n",
+          f);
+    /* Where libvirt chooses the socket's path (remote hosts need it to), it
+     * may choose one too long for a unix socket under the embedded driver's
+     * root: the caller may name a short one. */
+    if (a->channel_path) {
+        fputs("      <source mode='bind' path='", f);
+        escape_into(f, a->channel_path);
+        fputs("'/>\n", f);
+    }
+    fputs("      <target type='virtio' name='org.libguestfs.channel.0'/>\n"
           "    </channel>\n"
           "    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\n"
           "    <memballoon model='none'/>\n"

@@ -45,6 +45,7 @@ struct vm_appliance_spec {
     unsigned memory_mib;
     unsigned vcpus;
     const char *kernel, *initrd, *root, *root_uuid;
+    const char *channel_path; /* NULL: libvirt chooses */
 };
 
 /** The transient domain XML of an appliance. Returns a new string. */
@@ -104,6 +105,8 @@ int vm_appliance_status(struct vm_appliance *a, FILE *out);
 #define VM_APPLIANCE_DEVDIR "/.virtmount-dev"
 /** Mount devtmpfs at VM_APPLIANCE_DEVDIR once per boot (handle G held); DEVICE: any drive. */
 int vm_appliance_mount_dev(struct vm_appliance *a, guestfs_h *g, const char *device);
+/** Whether devtmpfs is mounted in this boot's sysroot. */
+bool vm_appliance_dev_mounted(struct vm_appliance *a);
 /** Destroy the appliances a previous run of this instance left on CONN. */
 int vm_appliances_cleanup(virConnectPtr conn);
 

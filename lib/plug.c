@@ -29,10 +29,11 @@
 #include "cleanup.h"
 
 #define UDEV_WAIT_MS    60000
-#define UDEV_POLL_MS    50
+#define UDEV_POLL_MS    20
 #define RELEASE_WAIT_MS 2000 /* the kernel's RELEASE may follow close() a little later */
 
 struct vm_fs {
+    char *type;       /* ext4, xfs, vfat, ... as blkid says */
     char *name;       /* part1, whole, lv-vg-root */
     char *device;     /* /dev/disk/guestfs/SERIAL1, /dev/VG/LV */
     char *mountpoint; /* inside the appliance */
@@ -105,6 +106,7 @@ static int detach_and_wait(struct vm_plug *p);
 
 static void fs_clear(struct vm_fs *f)
 {
+    free(f->type);
     free(f->name);
     free(f->device);
     free(f->mountpoint);
@@ -505,17 +507,38 @@ static int add_fs(struct vm_plug *p, const char *name, const char *device)
 
 /* One line of `info` about the filesystem (or whatever) on DEVICE; adds a
  * directory for it when it can be mounted. */
-static int describe(guestfs_h *g, struct vm_plug *p, FILE *info, const char *device,
+/* KEY's value in the key/value list BLKID returns, or NULL. */
+static const char *blkid_value(char **blkid, const char *key)
+{
+    for (size_t i = 0; blkid && blkid[i] && blkid[i + 1]; i += 2)
+        if (strcmp(blkid[i], key) == 0)
+            return blkid[i + 1];
+    return NULL;
+}
+
+/* What blkid says of DEVICE: one program in the appliance for what would
+ * take vfs_type, vfs_label and vfs_uuid (and parted) three or four. */
+static char **blkid(guestfs_h *g, const char *device)
+{
+    guestfs_push_error_handler(g, NULL, NULL);
+    char **r = guestfs_blkid(g, device); /* fails on a device it recognises nothing on */
+    guestfs_pop_error_handler(g);
+    return r;
+}
+
+/* `info` lines about the filesystem (or whatever) blkid found; a directory
+ * for it when it can be mounted. */
+static int describe(struct vm_plug *p, FILE *info, char **id, const char *device,
                     const char *dirname, bool *is_pv)
 {
-    CLEANUP_FREE char *type = guestfs_vfs_type(g, device);
+    const char *type = blkid_value(id, "TYPE");
     *is_pv = type && strcmp(type, "LVM2_member") == 0;
     if (!type || !*type) {
         fprintf(info, "  filesystem: none\n");
         return 0;
     }
-    CLEANUP_FREE char *label = guestfs_vfs_label(g, device);
-    CLEANUP_FREE char *fsuuid = guestfs_vfs_uuid(g, device);
+    const char *label = blkid_value(id, "LABEL");
+    const char *fsuuid = blkid_value(id, "UUID");
     fprintf(info, "  filesystem: %s\n", strcmp(type, "crypto_LUKS") == 0 ? "LUKS (locked)" : type);
     if (label && *label)
         fprintf(info, "  label: %s\n", label);
@@ -523,7 +546,9 @@ static int describe(guestfs_h *g, struct vm_plug *p, FILE *info, const char *dev
         fprintf(info, "  uuid: %s\n", fsuuid);
     if (is_mountable(type)) {
         fprintf(info, "  directory: %s\n", dirname);
-        return add_fs(p, dirname, device);
+        if (add_fs(p, dirname, device) < 0)
+            return -1;
+        p->fs[p->nfs - 1].type = strdup(type);
     }
     return 0;
 }
@@ -606,8 +631,10 @@ static int probe_lvm(guestfs_h *g, struct vm_plug *p, FILE *info, char **pv_devi
             CLEANUP_FREE char *dir = lv_dir_name(vgs[i], lv);
             fprintf(info, "logical volume %s/%s\n", vgs[i], lv);
             bool pv;
+            char **id = blkid(g, lvs[j]);
             if (dir)
-                r = describe(g, p, info, lvs[j], dir, &pv);
+                r = describe(p, info, id, lvs[j], dir, &pv);
+            free_strings(id);
         }
         free_strings(lvs);
     }
@@ -633,11 +660,10 @@ static int probe(guestfs_h *g, struct vm_plug *p)
     char *pvs[130] = {NULL};
     size_t npvs = 0;
     int r = 0;
-    guestfs_push_error_handler(g, NULL, NULL);
-    CLEANUP_FREE char *parttype = guestfs_part_get_parttype(g, p->device);
-    guestfs_pop_error_handler(g);
+    char **whole = blkid(g, p->device);
+    const char *parttype = blkid_value(whole, "PTTYPE");
     if (parttype) {
-        fprintf(info, "partition table: %s\n", parttype);
+        fprintf(info, "partition table: %s\n", strcmp(parttype, "dos") == 0 ? "msdos" : parttype);
         struct guestfs_partition_list *parts = guestfs_part_list(g, p->device);
         for (uint32_t i = 0; parts && i < parts->len && r == 0; i++) {
             struct guestfs_partition *pt = &parts->val[i];
@@ -648,7 +674,9 @@ static int probe(guestfs_h *g, struct vm_plug *p)
             fprintf(info, "partition %d\n  start: %" PRIu64 "\n  size: %" PRIu64 "\n",
                     pt->part_num, pt->part_start, pt->part_size);
             bool pv;
-            r = describe(g, p, info, dev, dir, &pv);
+            char **id = blkid(g, dev);
+            r = describe(p, info, id, dev, dir, &pv);
+            free_strings(id);
             if (pv && npvs < 128)
                 pvs[npvs++] = strdup(dev);
         }
@@ -657,10 +685,11 @@ static int probe(guestfs_h *g, struct vm_plug *p)
     } else {
         fprintf(info, "partition table: none\nwhole disk\n");
         bool pv;
-        r = describe(g, p, info, p->device, "whole", &pv);
+        r = describe(p, info, whole, p->device, "whole", &pv);
         if (pv)
             pvs[npvs++] = strdup(p->device);
     }
+    free_strings(whole);
     if (r == 0 && npvs)
         r = probe_lvm(g, p, info, pvs);
     for (size_t i = 0; i < npvs; i++)
@@ -693,7 +722,7 @@ static int mount_all(guestfs_h *g, struct vm_plug *p)
         return vm_error(ENOMEM, "out of memory");
     for (size_t i = 0; i < p->nfs; i++) {
         struct vm_fs *f = &p->fs[i];
-        CLEANUP_FREE char *type = guestfs_vfs_type(g, f->device);
+        const char *type = f->type;
         if (guestfs_mkmountpoint(g, f->mountpoint) < 0) {
             fclose(out);
             free(notes);
@@ -729,17 +758,24 @@ static int mount_all(guestfs_h *g, struct vm_plug *p)
     return 0;
 }
 
-static int wait_for_link(struct vm_appliance *a, const char *device)
+static int wait_for_link(struct vm_appliance *a, const struct vm_plug *p)
 {
+    const char *device = p->device;
+    /* Once devtmpfs is in the sysroot, the link is a path: asking whether
+     * it exists runs no program in the appliance, unlike a Device call. */
+    CLEANUP_FREE char *link = NULL;
+    if (asprintf(&link, "%s/disk/guestfs/%s", VM_APPLIANCE_DEVDIR, p->serial) < 0)
+        return vm_error(ENOMEM, "out of memory");
     for (int waited = 0; waited < UDEV_WAIT_MS; waited += UDEV_POLL_MS) {
         guestfs_h *g = vm_appliance_handle(a);
         if (!g)
             return -1;
         guestfs_push_error_handler(g, NULL, NULL);
-        int64_t size = guestfs_blockdev_getsize64(g, device);
+        bool there = vm_appliance_dev_mounted(a) ? guestfs_exists(g, link) == 1
+                                                 : guestfs_blockdev_getsize64(g, device) >= 0;
         guestfs_pop_error_handler(g);
         vm_appliance_handle_release(a);
-        if (size >= 0)
+        if (there)
             return 0;
         usleep(UDEV_POLL_MS * 1000);
     }
@@ -912,7 +948,7 @@ static int plug_into(struct vm_plug *p, struct vm_appliance *a, const char *gues
         vm_appliance_release_unit(a, p->unit, p->generation);
         return -1;
     }
-    int r = wait_for_link(a, p->device);
+    int r = wait_for_link(a, p);
     guestfs_h *g = r == 0 ? vm_appliance_handle(a) : NULL;
     if (g) {
         r = probe(g, p);
@@ -1051,15 +1087,20 @@ static int detach_and_wait(struct vm_plug *p)
 {
     if (vm_appliance_detach(p->appliance, p->attach_xml) < 0)
         return -1;
+    CLEANUP_FREE char *link = NULL;
+    if (asprintf(&link, "%s/disk/guestfs/%s", VM_APPLIANCE_DEVDIR, p->serial) < 0)
+        return vm_error(ENOMEM, "out of memory");
     for (int waited = 0; waited < UDEV_WAIT_MS; waited += UDEV_POLL_MS) {
         guestfs_h *g = vm_appliance_handle(p->appliance);
         if (!g)
             return 0; /* the appliance is gone, and the drive with it */
         guestfs_push_error_handler(g, NULL, NULL);
-        int64_t size = guestfs_blockdev_getsize64(g, p->device);
+        bool there = vm_appliance_dev_mounted(p->appliance)
+                         ? guestfs_exists(g, link) == 1
+                         : guestfs_blockdev_getsize64(g, p->device) >= 0;
         guestfs_pop_error_handler(g);
         vm_appliance_handle_release(p->appliance);
-        if (size < 0)
+        if (!there)
             return 0;
         usleep(UDEV_POLL_MS * 1000);
     }
