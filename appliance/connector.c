@@ -63,10 +63,8 @@ static int send_fd(int relay, int fd)
         char buf[CMSG_SPACE(sizeof(int))];
         struct cmsghdr align;
     } u;
-    struct msghdr msg = {.msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = u.buf,
-                         .msg_controllen = sizeof u.buf};
+    struct msghdr msg = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
@@ -108,14 +106,14 @@ int main(int argc, char **argv)
     }
     int library = path[0] ? connect_unix(path, 0) : -1;
     if (library < 0) {
-        fprintf(stderr, "virtmount-connector: cannot connect to libguestfs's socket %s: %s\n",
-                path, strerror(errno));
+        fprintf(stderr, "virtmount-connector: cannot connect to libguestfs's socket %s: %s\n", path,
+                strerror(errno));
         return 1;
     }
     int relay = connect_unix(relay_name, 1);
     if (relay < 0) {
-        fprintf(stderr, "virtmount-connector: cannot reach virtmount's relay %s: %s\n",
-                relay_name, strerror(errno));
+        fprintf(stderr, "virtmount-connector: cannot reach virtmount's relay %s: %s\n", relay_name,
+                strerror(errno));
         return 1;
     }
     if (send_fd(relay, library) < 0) {

@@ -22,7 +22,7 @@
 
 struct options {
     char *mountpoint;
-    char *config;       /* NULL: the default file, optional */
+    char *config; /* NULL: the default file, optional */
     char *statedir;
     struct vm_config hosts;
     bool foreground;
@@ -75,13 +75,13 @@ enum node_kind {
 /** Who a node is.  Strings point into the node, or into the caller's buffers during a call. */
 struct node_id {
     enum node_kind kind;
-    struct vm_host *host;   /* NULL above hosts */
-    char uuid[37];          /* domain UUID from NODE_DOMAIN down, else "" */
-    const char *disk;       /* device name, for NODE_DEVICE, NODE_PLUGGED and below */
-    int file;               /* index of a file in its directory's table */
-    const char *fsname;     /* NODE_GUEST: the filesystem's directory (part1, whole, ...) */
-    const char *path;       /* NODE_GUEST: the path inside it, "/" for its top */
-    const struct stat *st;  /* NODE_GUEST: the guest's attributes (st_ino: the guest's own) */
+    struct vm_host *host;  /* NULL above hosts */
+    char uuid[37];         /* domain UUID from NODE_DOMAIN down, else "" */
+    const char *disk;      /* device name, for NODE_DEVICE, NODE_PLUGGED and below */
+    int file;              /* index of a file in its directory's table */
+    const char *fsname;    /* NODE_GUEST: the filesystem's directory (part1, whole, ...) */
+    const char *path;      /* NODE_GUEST: the path inside it, "/" for its top */
+    const struct stat *st; /* NODE_GUEST: the guest's attributes (st_ino: the guest's own) */
     const struct vm_xattrs *xattrs; /* NODE_GUEST: its extended attributes */
 };
 
@@ -149,13 +149,13 @@ struct dir_list {
     struct dir_entry {
         char *name;
         fuse_ino_t ino;
-        mode_t type;          /* S_IFMT bits */
-        struct node_id id;    /* its strings point into the owned copies below */
+        mode_t type;       /* S_IFMT bits */
+        struct node_id id; /* its strings point into the owned copies below */
         char *disk, *fsname, *path;
         bool has_st;
         struct stat st;
         struct vm_xattrs xattrs;
-    } *v;
+    } * v;
 };
 int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name);
 /** The identity of entry E (valid while the list is). */
@@ -193,8 +193,8 @@ struct node_ops {
 };
 
 extern const struct node_ops node_root_ops, node_status_ops, node_host_ops, node_domain_ops,
-    node_domain_file_ops, node_devices_ops, node_device_ops, node_device_file_ops,
-    node_disks_ops, node_plugged_ops, node_plugged_file_ops, node_guest_ops;
+    node_domain_file_ops, node_devices_ops, node_device_ops, node_device_file_ops, node_disks_ops,
+    node_plugged_ops, node_plugged_file_ops, node_guest_ops;
 
 /**
  * Read-ahead for one open file: sequential readers get VM_MAX_PREAD per
@@ -203,9 +203,9 @@ extern const struct node_ops node_root_ops, node_status_ops, node_host_ops, node
 struct readahead {
     pthread_mutex_t lock;
     char *buf;
-    off_t off;    /* what buf holds: [off, off + len) */
+    off_t off; /* what buf holds: [off, off + len) */
     size_t len;
-    off_t next;   /* where a sequential reader reads next */
+    off_t next; /* where a sequential reader reads next */
 };
 void readahead_init(struct readahead *ra);
 void readahead_free(struct readahead *ra);

@@ -65,9 +65,9 @@ static void lru_touch(struct node *n)
 }
 
 static const char *const kind_keys[NODE_KIND_COUNT] = {
-    [NODE_ROOT] = "",          [NODE_STATUS] = "status",  [NODE_HOST] = "host",
-    [NODE_DOMAIN] = "domain",  [NODE_DOMAIN_FILE] = "df", [NODE_DEVICES] = "devices",
-    [NODE_DEVICE] = "device",  [NODE_DEVICE_FILE] = "vf", [NODE_DISKS] = "disks",
+    [NODE_ROOT] = "",           [NODE_STATUS] = "status",   [NODE_HOST] = "host",
+    [NODE_DOMAIN] = "domain",   [NODE_DOMAIN_FILE] = "df",  [NODE_DEVICES] = "devices",
+    [NODE_DEVICE] = "device",   [NODE_DEVICE_FILE] = "vf",  [NODE_DISKS] = "disks",
     [NODE_PLUGGED] = "plugged", [NODE_PLUGGED_FILE] = "pf", [NODE_GUEST] = "guest",
 };
 
@@ -79,8 +79,8 @@ static int key_of(const struct node_id *id, char **key)
     const char *host = id->host ? vm_host_name(id->host) : "";
     int n;
     if (id->kind == NODE_GUEST)
-        n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%s\x1f%llu", kind_keys[id->kind], host,
-                     id->uuid, id->disk, id->fsname, (unsigned long long)id->st->st_ino);
+        n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%s\x1f%llu", kind_keys[id->kind], host, id->uuid,
+                     id->disk, id->fsname, (unsigned long long)id->st->st_ino);
     else
         n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%d", kind_keys[id->kind], host, id->uuid,
                      id->disk ? id->disk : "", id->file);
@@ -199,8 +199,8 @@ static void *trim_thread(void *arg)
         struct invalidation *v = calloc(4096, sizeof *v);
         for (struct node *c = lru.lru_prev; v && c != &lru && freed < target && n < 4096;
              c = c->lru_prev) {
-            v[n++] = (struct invalidation){.ino = c->ino, .parent = c->parent,
-                                           .name = strdup(c->name)};
+            v[n++] =
+                (struct invalidation){.ino = c->ino, .parent = c->parent, .name = strdup(c->name)};
             freed += node_memory(c);
         }
         pthread_mutex_unlock(&table_lock);

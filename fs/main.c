@@ -72,8 +72,7 @@ static char *prepare_statedir(const char *dir)
 
 static int fail(const char *what)
 {
-    fprintf(stderr, "virtmount: %s%s%s\n", what ? what : "", what ? ": " : "",
-            vm_error_message());
+    fprintf(stderr, "virtmount: %s%s%s\n", what ? what : "", what ? ": " : "", vm_error_message());
     return 1;
 }
 
@@ -177,13 +176,12 @@ int main(int argc, char **argv)
                kind == VM_HOST_SYSTEM ? "a libvirt daemon answers there"
                                       : "no daemon answers at qemu:///system: embedded driver");
         if ((hosts[0] = vm_host_new("localhost", uri, kind,
-                                             &(struct vm_host_listener){fs_host_changed, NULL})))
+                                    &(struct vm_host_listener){fs_host_changed, NULL})))
             nhosts = 1;
         free(uri);
     } else {
         for (size_t i = 0; i < o.hosts.nhosts; i++) {
-            hosts[i] = vm_host_new(o.hosts.hosts[i].name, o.hosts.hosts[i].uri,
-                                   VM_HOST_CONFIGURED,
+            hosts[i] = vm_host_new(o.hosts.hosts[i].name, o.hosts.hosts[i].uri, VM_HOST_CONFIGURED,
                                    &(struct vm_host_listener){fs_host_changed, NULL});
             if (!hosts[i])
                 break;

@@ -40,8 +40,9 @@ static void reply_error(fuse_req_t req, const char *op)
 
 static void reply_refused(fuse_req_t req, int e, const char *op, const char *name)
 {
-    vm_error(e, "%s", e == EROFS ? "virtmount is read-only"
-                                 : "mkdir and rmdir plug and unplug, in disks/ only");
+    vm_error(e, "%s",
+             e == EROFS ? "virtmount is read-only"
+                        : "mkdir and rmdir plug and unplug, in disks/ only");
     CLEANUP_FREE char *what = NULL;
     if (asprintf(&what, "%s%s%s", op, name ? " " : "", name ? name : "") < 0)
         what = NULL;
@@ -129,9 +130,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     struct node *n = inode_get(&id, parent, name, true);
     if (!n)
         return reply_error(req, "lookup");
-    struct fuse_entry_param e = {.ino = n->ino,
-                                 .attr_timeout = ATTR_TIMEOUT,
-                                 .entry_timeout = ENTRY_TIMEOUT};
+    struct fuse_entry_param e = {
+        .ino = n->ino, .attr_timeout = ATTR_TIMEOUT, .entry_timeout = ENTRY_TIMEOUT};
     if (node_stat(n, &e.attr) < 0) {
         int err = vm_error_errno();
         inode_forget(n->ino, 1);
@@ -234,8 +234,7 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
     size_t used = 0;
     for (size_t i = (size_t)off; i < list->n; i++) {
         struct dir_entry *de = &list->v[i];
-        struct fuse_entry_param e = {.attr_timeout = ATTR_TIMEOUT,
-                                     .entry_timeout = ENTRY_TIMEOUT};
+        struct fuse_entry_param e = {.attr_timeout = ATTR_TIMEOUT, .entry_timeout = ENTRY_TIMEOUT};
         bool dots = i < 2; /* "." and "..": no lookup count for those */
         size_t need = fuse_add_direntry_plus(req, NULL, 0, de->name, NULL, 0);
         if (need > size - used)
@@ -253,8 +252,7 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
             }
             e.ino = n->ino;
         }
-        used += fuse_add_direntry_plus(req, buf + used, size - used, de->name, &e,
-                                       (off_t)(i + 1));
+        used += fuse_add_direntry_plus(req, buf + used, size - used, de->name, &e, (off_t)(i + 1));
     }
     fuse_reply_buf(req, buf, used);
 }
@@ -281,8 +279,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
         return reply_refused(req, EROFS, "open for writing", n->name);
     if (!ops->content && !ops->open) {
-        vm_error(ENXIO, "open %s: devices, fifos and sockets of a guest are not opened",
-                 n->name);
+        vm_error(ENXIO, "open %s: devices, fifos and sockets of a guest are not opened", n->name);
         return reply_error(req, "open");
     }
     struct open_file *f = calloc(1, sizeof *f);
@@ -397,8 +394,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     reply_refused(req, EROFS, "setattr", NULL);
 }
 
-static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-                     dev_t rdev)
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
     reply_refused(req, EROFS, "mknod", name);
 }

@@ -27,7 +27,10 @@ enum {
     KEY_CACHE,
 };
 
-#define OPT(t, p) {t, offsetof(struct options, p), 1}
+#define OPT(t, p)                                                                                  \
+    {                                                                                              \
+        t, offsetof(struct options, p), 1                                                          \
+    }
 static const struct fuse_opt option_spec[] = {
     OPT("config=%s", config),
     OPT("statedir=%s", statedir),
@@ -69,8 +72,7 @@ static int parse_number(struct options *o, const char *arg, unsigned min, unsign
     return 0;
 }
 
-static int parse_choice(struct options *o, const char *arg, const char *const *choices,
-                        int *out)
+static int parse_choice(struct options *o, const char *arg, const char *const *choices, int *out)
 {
     const char *value = strchr(arg, '=') + 1;
     for (int i = 0; choices[i]; i++)

@@ -104,10 +104,9 @@ static char *root_uuid(const char *root)
         return vm_error(EINVAL, "%s is not an ext2 filesystem", root), NULL;
     const unsigned char *u = sb + 0x68;
     char *s;
-    if (asprintf(&s,
-                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-                 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11],
-                 u[12], u[13], u[14], u[15]) < 0)
+    if (asprintf(&s, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+                 u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+                 u[14], u[15]) < 0)
         return vm_error(ENOMEM, "out of memory"), NULL;
     return s;
 }
@@ -199,8 +198,7 @@ int vm_appliance_files_get(struct vm_appliance_files *out)
 
     memset(out, 0, sizeof *out);
     if (asprintf(&out->dir, "%s", dir) < 0 || asprintf(&out->kernel, "%s/kernel", dir) < 0 ||
-        asprintf(&out->initrd, "%s/initrd", dir) < 0 ||
-        asprintf(&out->root, "%s/root", dir) < 0) {
+        asprintf(&out->initrd, "%s/initrd", dir) < 0 || asprintf(&out->root, "%s/root", dir) < 0) {
         vm_appliance_files_clear(out);
         return vm_error(ENOMEM, "out of memory");
     }
@@ -305,8 +303,7 @@ static virStoragePoolPtr our_pool(virConnectPtr conn)
     return pool;
 }
 
-static int upload(virConnectPtr conn, virStoragePoolPtr pool, const char *name,
-                  const char *local)
+static int upload(virConnectPtr conn, virStoragePoolPtr pool, const char *name, const char *local)
 {
     int fd = open(local, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -395,8 +392,7 @@ int vm_appliance_files_ship(virConnectPtr conn, const struct vm_appliance_files 
             r = upload(conn, pool, names[i], paths[i]);
         if (r == 0) {
             CLEANUP_FREE char *xml = NULL;
-            if (asprintf(&xml, "<volume><name>%s</name><capacity>0</capacity></volume>", done) <
-                0)
+            if (asprintf(&xml, "<volume><name>%s</name><capacity>0</capacity></volume>", done) < 0)
                 r = vm_error(ENOMEM, "out of memory");
             virStorageVolPtr m = r == 0 ? virStorageVolCreateXML(pool, xml, 0) : NULL;
             if (m)

@@ -61,7 +61,7 @@ struct vm_appliance {
     pthread_mutex_t handle_lock;
     guestfs_h *g;
 
-    bool dev_mounted; /* devtmpfs at VM_APPLIANCE_DEVDIR in the sysroot, this boot */
+    bool dev_mounted;             /* devtmpfs at VM_APPLIANCE_DEVDIR in the sysroot, this boot */
     bool units[VM_MAX_UNITS + 1]; /* unit 0 is the root */
     unsigned nunits;
 
@@ -322,8 +322,8 @@ static int launch_handle(struct vm_appliance *a, const char *relay_name)
     CLEANUP_FREE char *connector = vm_helper_path("virtmount-connector");
     if (!connector)
         return -1;
-    guestfs_h *g = guestfs_create_flags(GUESTFS_CREATE_NO_ENVIRONMENT |
-                                        GUESTFS_CREATE_NO_CLOSE_ON_EXIT);
+    guestfs_h *g =
+        guestfs_create_flags(GUESTFS_CREATE_NO_ENVIRONMENT | GUESTFS_CREATE_NO_CLOSE_ON_EXIT);
     /* launch blocks until the relay (on the event loop) hands the socket over. */
     if (!g)
         return vm_error(errno, "cannot create a guestfs handle: %s", strerror(errno));
@@ -332,8 +332,7 @@ static int launch_handle(struct vm_appliance *a, const char *relay_name)
         guestfs_set_path(g, a->files.dir) < 0 ||
         guestfs_config(g, "-virtmount-relay", relay_name) < 0 ||
         guestfs_add_drive_ro(g, "/dev/null") < 0 || guestfs_set_autosync(g, 0) < 0 ||
-        guestfs_set_recovery_proc(g, 0) < 0 ||
-        guestfs_launch(g) < 0) {
+        guestfs_set_recovery_proc(g, 0) < 0 || guestfs_launch(g) < 0) {
         vm_error(EIO, "cannot join a guestfs handle to the appliance: %s",
                  guestfs_last_error(g) ? guestfs_last_error(g) : "unknown error");
         guestfs_close(g);
@@ -407,16 +406,14 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
     /* AUTODESTROY: libvirt removes the appliance if virtmount dies.  The
      * embedded driver has none (and dies with us): vm_appliances_cleanup
      * removes what it left at the next start. */
-    virDomainPtr dom =
-        virDomainCreateXML(conn, xml, embedded ? 0 : VIR_DOMAIN_START_AUTODESTROY);
+    virDomainPtr dom = virDomainCreateXML(conn, xml, embedded ? 0 : VIR_DOMAIN_START_AUTODESTROY);
     if (!dom) {
         vm_error_libvirt(EIO, "cannot start the appliance (%s)", kvm ? "KVM" : "TCG");
         teardown(a);
         return -1;
     }
     struct vm_channel *console = vm_channel_open(conn, dom, NULL, true, NULL, NULL);
-    struct vm_channel *channel =
-        vm_channel_open(conn, dom, CHANNEL_NAME, false, channel_closed, a);
+    struct vm_channel *channel = vm_channel_open(conn, dom, CHANNEL_NAME, false, channel_closed, a);
     pthread_mutex_lock(&a->lock);
     a->dom = dom;
     a->console = console;
@@ -431,8 +428,7 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
     if (r < 0) {
         CLEANUP_FREE char *tail = a->console ? vm_channel_console_tail(a->console, 600) : NULL;
         vm_error(vm_error_errno(), "appliance (%s) did not boot: %s%s%s", kvm ? "KVM" : "TCG",
-                 vm_error_message(), tail && *tail ? "; console ends: " : "",
-                 tail ? tail : "");
+                 vm_error_message(), tail && *tail ? "; console ends: " : "", tail ? tail : "");
         teardown(a);
         return -1;
     }
@@ -507,8 +503,8 @@ int vm_appliance_start(struct vm_appliance *a)
     pthread_cond_broadcast(&a->cond);
     pthread_mutex_unlock(&a->lock);
     if (r == 0)
-        vm_notice(VM_NOTICE_INFO, "host %s: appliance %s up in %.1f s (%s)",
-                  vm_host_name(a->host), a->name, a->boot_seconds, a->kvm ? "KVM" : "TCG");
+        vm_notice(VM_NOTICE_INFO, "host %s: appliance %s up in %.1f s (%s)", vm_host_name(a->host),
+                  a->name, a->boot_seconds, a->kvm ? "KVM" : "TCG");
     return r;
 }
 

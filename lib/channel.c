@@ -28,7 +28,7 @@
 
 #include "cleanup.h"
 
-#define BUF_SIZE (256 * 1024) /* libvirt's largest stream message */
+#define BUF_SIZE     (256 * 1024) /* libvirt's largest stream message */
 #define CONSOLE_RING 8192
 
 static const unsigned char launch_flag[4] = {0xf5, 0xf5, 0x5f, 0xf5};
@@ -39,11 +39,11 @@ struct vm_channel {
     int refs;
     virStreamPtr stream;
     bool stream_cb;
-    int fd;              /* the handle's socket, -1 until attached */
-    int fd_watch;        /* -1: none */
-    bool console;        /* a console: data goes to the ring */
+    int fd;       /* the handle's socket, -1 until attached */
+    int fd_watch; /* -1: none */
+    bool console; /* a console: data goes to the ring */
     bool flag_seen;
-    size_t flag_len;     /* bytes of the flag read so far */
+    size_t flag_len; /* bytes of the flag read so far */
     bool closed;
     char *close_reason;
     /* stream → fd */
@@ -311,8 +311,7 @@ static struct vm_channel *channel_new(bool console)
 }
 
 struct vm_channel *vm_channel_open(virConnectPtr conn, virDomainPtr dom, const char *name,
-                                   bool console,
-                                   void (*on_close)(void *opaque, const char *reason),
+                                   bool console, void (*on_close)(void *opaque, const char *reason),
                                    void *opaque)
 {
     struct vm_channel *c = channel_new(console);

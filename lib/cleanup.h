@@ -18,11 +18,11 @@ void vm_cleanup_vir_domain(void *ptr);
 void vm_cleanup_vir_domain_list(void *ptr); /* virDomainPtr * from ListAllDomains */
 void vm_cleanup_unlock(pthread_mutex_t **ptr);
 
-#define CLEANUP_FREE           __attribute__((cleanup(vm_cleanup_free)))
-#define CLEANUP_XML_DOC        __attribute__((cleanup(vm_cleanup_xml_doc)))
-#define CLEANUP_XPATH_CTX      __attribute__((cleanup(vm_cleanup_xml_xpath_ctx)))
-#define CLEANUP_XPATH_OBJ      __attribute__((cleanup(vm_cleanup_xml_xpath_obj)))
-#define CLEANUP_VIR_DOMAIN     __attribute__((cleanup(vm_cleanup_vir_domain)))
+#define CLEANUP_FREE       __attribute__((cleanup(vm_cleanup_free)))
+#define CLEANUP_XML_DOC    __attribute__((cleanup(vm_cleanup_xml_doc)))
+#define CLEANUP_XPATH_CTX  __attribute__((cleanup(vm_cleanup_xml_xpath_ctx)))
+#define CLEANUP_XPATH_OBJ  __attribute__((cleanup(vm_cleanup_xml_xpath_obj)))
+#define CLEANUP_VIR_DOMAIN __attribute__((cleanup(vm_cleanup_vir_domain)))
 
 #define VM_CONCAT_(a, b) a##b
 #define VM_CONCAT(a, b)  VM_CONCAT_(a, b)

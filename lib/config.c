@@ -67,7 +67,7 @@ int vm_config_parse(struct vm_config *c, const char *text, const char *source)
     if (!copy)
         return vm_error(ENOMEM, "out of memory");
     int lineno = 0;
-    for (char *line = copy; line; ) {
+    for (char *line = copy; line;) {
         char *nl = strchr(line, '\n');
         if (nl)
             *nl = '\0';
@@ -84,8 +84,7 @@ int vm_config_parse(struct vm_config *c, const char *text, const char *source)
             if (!name || !uri || (extra && extra[0] != '#'))
                 return vm_error(EINVAL, "%s:%d: expected 'host NAME URI'", source, lineno);
             if (vm_config_add_host(c, name, uri) < 0)
-                return vm_error(vm_error_errno(), "%s:%d: %s", source, lineno,
-                                vm_error_message());
+                return vm_error(vm_error_errno(), "%s:%d: %s", source, lineno, vm_error_message());
         }
         line = nl ? nl + 1 : NULL;
     }

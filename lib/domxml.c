@@ -78,8 +78,7 @@ static char *disk_source(xmlXPathContextPtr ctx, xmlNodePtr disk, const char *ty
         char *s;
         int r;
         if (sock)
-            r = asprintf(&s, "%s+unix:///%s?socket=%s", proto ? proto : "", name ? name : "",
-                         sock);
+            r = asprintf(&s, "%s+unix:///%s?socket=%s", proto ? proto : "", name ? name : "", sock);
         else
             r = asprintf(&s, "%s://%s%s%s/%s", proto ? proto : "", host ? host : "",
                          port ? ":" : "", port ? port : "", name ? name : "");
@@ -92,8 +91,8 @@ static char *disk_source(xmlXPathContextPtr ctx, xmlNodePtr disk, const char *ty
         CLEANUP_FREE char *fn = xpath_string(ctx, disk, "string(source/address/@function)");
         CLEANUP_FREE char *ns = xpath_string(ctx, disk, "string(source/@namespace)");
         char *s;
-        if (asprintf(&s, "nvme://%s:%s:%s.%s/%s", dom ? dom : "", bus ? bus : "",
-                     slot ? slot : "", fn ? fn : "", ns ? ns : "") < 0)
+        if (asprintf(&s, "nvme://%s:%s:%s.%s/%s", dom ? dom : "", bus ? bus : "", slot ? slot : "",
+                     fn ? fn : "", ns ? ns : "") < 0)
             return NULL;
         return s;
     }
@@ -439,18 +438,17 @@ char *vm_xml_appliance(const struct vm_appliance_spec *a)
 
 /* Children of a guest's <disk> that describe its place in the guest, not its storage. */
 static const char *const dropped_children[] = {
-    "target", "address", "alias",    "boot",     "iotune", "serial",  "readonly",
-    "shareable", "wwn",  "vendor",   "product",  "geometry", "blockio", "transient",
-    "mirror",  "backenddomain", NULL,
+    "target",   "address",   "alias",  "boot",          "iotune",  "serial",
+    "readonly", "shareable", "wwn",    "vendor",        "product", "geometry",
+    "blockio",  "transient", "mirror", "backenddomain", NULL,
 };
 
 char *vm_xml_attach_disk(const char *guest_disk_xml, const char *serial, unsigned unit,
                          bool readonly)
 {
-    CLEANUP_XML_DOC xmlDocPtr doc =
-        xmlReadMemory(guest_disk_xml, (int)strlen(guest_disk_xml), "disk.xml", NULL,
-                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING |
-                          XML_PARSE_NOBLANKS);
+    CLEANUP_XML_DOC xmlDocPtr doc = xmlReadMemory(
+        guest_disk_xml, (int)strlen(guest_disk_xml), "disk.xml", NULL,
+        XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_NOBLANKS);
     xmlNodePtr disk = doc ? xmlDocGetRootElement(doc) : NULL;
     if (!disk || strcmp((const char *)disk->name, "disk") != 0)
         return vm_error(EINVAL, "not a <disk> element"), NULL;
@@ -538,8 +536,7 @@ char *vm_xml_attach_nbd(const char *socket, const char *export_name, const char 
     escape_into(f, export_name);
     fputs("'>\n    <host transport='unix' socket='", f);
     escape_into(f, socket);
-    fprintf(f,
-            "'/>\n  </source>\n  <target dev='%s' bus='scsi'/>\n  <serial>", dev);
+    fprintf(f, "'/>\n  </source>\n  <target dev='%s' bus='scsi'/>\n  <serial>", dev);
     escape_into(f, serial);
     fprintf(f,
             "</serial>\n  <readonly/>\n"

@@ -38,15 +38,15 @@ struct vm_host {
 
     /* Under lock. */
     bool stop;
-    bool attempted;       /* the first connection attempt has finished */
+    bool attempted; /* the first connection attempt has finished */
     bool up;
-    char *down_reason;    /* why the host is down (libvirt's message) */
+    char *down_reason; /* why the host is down (libvirt's message) */
     time_t up_since;
-    unsigned connects;    /* successful connections so far */
+    unsigned connects; /* successful connections so far */
     struct vm_domlist *domains;
-    bool closed;          /* libvirt reported the connection closed */
+    bool closed; /* libvirt reported the connection closed */
     bool refresh_all;
-    char **pending;       /* UUIDs with events to re-read */
+    char **pending; /* UUIDs with events to re-read */
     size_t npending;
 
     /* Owned by the host thread. */
@@ -198,7 +198,6 @@ static struct vm_domain *read_domain(virDomainPtr dom)
 
 /* ---- the host thread -------------------------------------------------- */
 
-
 static void notify(struct vm_host *h, const char *uuid)
 {
     if (h->listener.changed)
@@ -224,8 +223,7 @@ static void queue_uuid(struct vm_host *h, const char *uuid)
     pthread_cond_signal(&h->cond);
 }
 
-static void lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int detail,
-                         void *opaque)
+static void lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
 {
     char uuid[VIR_UUID_STRING_BUFLEN];
     if (virDomainGetUUIDString(dom, uuid) < 0)
@@ -290,15 +288,15 @@ static int connect_host(struct vm_host *h)
     /* Notice a dead remote daemon within seconds, not at the next call. */
     virConnectSetKeepAlive(h->conn, 5, 3);
     virConnectRegisterCloseCallback(h->conn, close_cb, h, NULL);
-    h->lifecycle_cb = virConnectDomainEventRegisterAny(
-        h->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb), h,
-        NULL);
-    h->device_added_cb = virConnectDomainEventRegisterAny(
-        h->conn, NULL, VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, VIR_DOMAIN_EVENT_CALLBACK(device_cb), h,
-        NULL);
-    h->device_removed_cb = virConnectDomainEventRegisterAny(
-        h->conn, NULL, VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, VIR_DOMAIN_EVENT_CALLBACK(device_cb), h,
-        NULL);
+    h->lifecycle_cb =
+        virConnectDomainEventRegisterAny(h->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                         VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb), h, NULL);
+    h->device_added_cb =
+        virConnectDomainEventRegisterAny(h->conn, NULL, VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
+                                         VIR_DOMAIN_EVENT_CALLBACK(device_cb), h, NULL);
+    h->device_removed_cb =
+        virConnectDomainEventRegisterAny(h->conn, NULL, VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+                                         VIR_DOMAIN_EVENT_CALLBACK(device_cb), h, NULL);
     if (h->lifecycle_cb < 0) {
         vm_error_libvirt(EIO, "cannot follow domain events on %s", h->uri);
         disconnect(h);
@@ -449,8 +447,7 @@ static void *host_thread(void *arg)
             char reason[600];
             const char *m = virGetLastErrorMessage();
             snprintf(reason, sizeof reason, "connection to %s closed%s%s", h->uri,
-                     m && strcmp(m, "no error") ? ": " : "",
-                     m && strcmp(m, "no error") ? m : "");
+                     m && strcmp(m, "no error") ? ": " : "", m && strcmp(m, "no error") ? m : "");
             set_down(h, reason);
             pthread_mutex_lock(&h->lock);
             continue;
@@ -488,16 +485,15 @@ static void *host_thread(void *arg)
 
 /* ---- public ----------------------------------------------------------- */
 
-const char vm_embed_qemu_conf[] =
-    "# Written by virtmount for its embedded libvirt driver.\n"
-    "user = \"root\"\n"
-    "group = \"root\"\n"
-    "dynamic_ownership = 0\n"
-    "remember_owner = 0\n"
-    "security_driver = \"none\"\n"
-    "cgroup_controllers = [ ]\n"
-    "namespaces = [ ]\n"
-    "stdio_handler = \"file\"\n";
+const char vm_embed_qemu_conf[] = "# Written by virtmount for its embedded libvirt driver.\n"
+                                  "user = \"root\"\n"
+                                  "group = \"root\"\n"
+                                  "dynamic_ownership = 0\n"
+                                  "remember_owner = 0\n"
+                                  "security_driver = \"none\"\n"
+                                  "cgroup_controllers = [ ]\n"
+                                  "namespaces = [ ]\n"
+                                  "stdio_handler = \"file\"\n";
 
 static int make_dir(const char *path)
 {

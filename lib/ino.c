@@ -24,9 +24,9 @@
 
 #include "cleanup.h"
 
-#define MAGIC "VMINO1\n"
+#define MAGIC     "VMINO1\n"
 #define MAGIC_LEN 7
-#define MAX_KEY (64 * 1024)
+#define MAX_KEY   (64 * 1024)
 
 struct slot {
     uint64_t ino; /* 0: empty */
@@ -54,8 +54,7 @@ static uint64_t hash_key(const void *key, size_t len)
 static struct slot *find_slot(struct slot *slots, size_t nslots, const void *key, size_t len)
 {
     size_t i = hash_key(key, len) & (nslots - 1);
-    while (slots[i].ino &&
-           !(slots[i].keylen == len && memcmp(slots[i].key, key, len) == 0))
+    while (slots[i].ino && !(slots[i].keylen == len && memcmp(slots[i].key, key, len) == 0))
         i = (i + 1) & (nslots - 1);
     return &slots[i];
 }

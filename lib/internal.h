@@ -20,8 +20,7 @@ struct vm_channel;
  * the event loop thread, when the channel ends by itself (not for a console).
  */
 struct vm_channel *vm_channel_open(virConnectPtr conn, virDomainPtr dom, const char *name,
-                                   bool console,
-                                   void (*on_close)(void *opaque, const char *reason),
+                                   bool console, void (*on_close)(void *opaque, const char *reason),
                                    void *opaque);
 /** Wait for guestfsd's launch flag: ETIMEDOUT after TIMEOUT_MS, EIO if the channel ends. */
 int vm_channel_wait_flag(struct vm_channel *c, int timeout_ms);
@@ -81,8 +80,7 @@ const char *vm_instance_id(void);
 
 struct vm_appliance;
 /** Called on a thread of its own when boot GENERATION of an appliance died by itself. */
-typedef void (*vm_appliance_dead_fn)(struct vm_appliance *a, unsigned generation,
-                                     const char *why);
+typedef void (*vm_appliance_dead_fn)(struct vm_appliance *a, unsigned generation, const char *why);
 
 struct vm_appliance *vm_appliance_new(struct vm_host *h, unsigned index,
                                       vm_appliance_dead_fn on_dead, void *opaque);
@@ -114,10 +112,10 @@ int vm_appliances_cleanup(virConnectPtr conn);
 
 /** The files an appliance boots from; all strings owned. */
 struct vm_appliance_files {
-    char *dir;       /* the fixed appliance (set_path for the guestfs handle) */
+    char *dir; /* the fixed appliance (set_path for the guestfs handle) */
     char *kernel;
     char *initrd;
-    char *root;      /* raw ext2, used read-only through a transient overlay */
+    char *root; /* raw ext2, used read-only through a transient overlay */
     char *root_uuid;
 };
 

@@ -45,22 +45,22 @@ struct vm_fs {
 struct backup_job {
     struct vm_host *host;
     char uuid[37];
-    char *socket;      /* the NBD export, on the guest's host */
-    char **scratch;    /* the scratch files we named */
+    char *socket;   /* the NBD export, on the guest's host */
+    char **scratch; /* the scratch files we named */
     size_t nscratch;
-    int plugs;         /* under table_lock */
+    int plugs; /* under table_lock */
 };
 
 struct vm_plug {
-    int refs;          /* under table_lock */
+    int refs;               /* under table_lock */
     struct backup_job *job; /* NULL: the disk itself is attached */
-    bool network;      /* a network disk: not locked, so dropped when its domain starts */
+    bool network;           /* a network disk: not locked, so dropped when its domain starts */
     struct vm_host *host;
     char uuid[37];
     char *disk;
     char *serial;
-    char *device;      /* /dev/disk/guestfs/SERIAL */
-    char *image_path;  /* the same link as a sysroot path, for fast preads; NULL: use device */
+    char *device;     /* /dev/disk/guestfs/SERIAL */
+    char *image_path; /* the same link as a sysroot path, for fast preads; NULL: use device */
     char *attach_xml;
     struct vm_appliance *appliance;
     unsigned unit, generation;
@@ -68,12 +68,12 @@ struct vm_plug {
     char *info;
     size_t nfs;
     struct vm_fs *fs;
-    char **vgs;        /* VGs this plug activated */
+    char **vgs; /* VGs this plug activated */
     size_t nvgs;
-    char **pv_uuids;   /* LVM PVs on this drive */
+    char **pv_uuids; /* LVM PVs on this drive */
     size_t npvs;
-    int opens;         /* files and directories open under it; under table_lock */
-    bool dropped;      /* its appliance died: every call is EIO */
+    int opens;    /* files and directories open under it; under table_lock */
+    bool dropped; /* its appliance died: every call is EIO */
 };
 
 /* An appliance of a host, with what decides which plugs go to it. */
@@ -381,8 +381,7 @@ static void *reaper_thread(void *arg)
 
 static void start_reaper_locked(void)
 {
-    if (!reaper_running && !reaper_stop &&
-        pthread_create(&reaper, NULL, reaper_thread, NULL) == 0)
+    if (!reaper_running && !reaper_stop && pthread_create(&reaper, NULL, reaper_thread, NULL) == 0)
         reaper_running = true;
 }
 
@@ -464,12 +463,12 @@ static char *lv_dir_name(const char *vg, const char *lv)
 
 static bool is_mountable(const char *type)
 {
-    static const char *const not[] = {"", "swap", "LVM2_member", "crypto_LUKS",
-                                      "linux_raid_member", "BitLocker", NULL};
+    static const char *const not [] = {
+        "", "swap", "LVM2_member", "crypto_LUKS", "linux_raid_member", "BitLocker", NULL};
     if (!type)
         return false;
-    for (size_t i = 0; not[i]; i++)
-        if (strcmp(type, not[i]) == 0)
+    for (size_t i = 0; not [i]; i++)
+        if (strcmp(type, not [i]) == 0)
             return false;
     return true;
 }
@@ -671,8 +670,8 @@ static int probe(guestfs_h *g, struct vm_plug *p)
             if (asprintf(&dev, "%s%d", p->device, pt->part_num) < 0 ||
                 asprintf(&dir, "part%d", pt->part_num) < 0)
                 break;
-            fprintf(info, "partition %d\n  start: %" PRIu64 "\n  size: %" PRIu64 "\n",
-                    pt->part_num, pt->part_start, pt->part_size);
+            fprintf(info, "partition %d\n  start: %" PRIu64 "\n  size: %" PRIu64 "\n", pt->part_num,
+                    pt->part_start, pt->part_size);
             bool pv;
             char **id = blkid(g, dev);
             r = describe(p, info, id, dev, dir, &pv);
@@ -728,8 +727,8 @@ static int mount_all(guestfs_h *g, struct vm_plug *p)
             free(notes);
             return gfs_error(g, "cannot make a mountpoint in the appliance");
         }
-        if (guestfs_mount_options(g, mount_options(type ? type : ""), f->device,
-                                  f->mountpoint) < 0) {
+        if (guestfs_mount_options(g, mount_options(type ? type : ""), f->device, f->mountpoint) <
+            0) {
             /* A filesystem the appliance cannot mount is named in `info`, not fatal. */
             fprintf(out, "not mounted: %s: %s\n", f->name, guestfs_last_error(g));
             guestfs_rmmountpoint(g, f->mountpoint);
@@ -1035,8 +1034,9 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
     int r = a ? plug_into(p, a, guest_xml, target) : -1;
     if (r == PLUG_CLASH) {
         appliance_put(a);
-        vm_notice(VM_NOTICE_INFO, "host %s: %s: its LVM names clash with a drive already "
-                                  "plugged (a cloned guest?): it gets an appliance of its own",
+        vm_notice(VM_NOTICE_INFO,
+                  "host %s: %s: its LVM names clash with a drive already "
+                  "plugged (a cloned guest?): it gets an appliance of its own",
                   vm_host_name(h), disk_name);
         a = appliance_take(h, uuid, true);
         r = a ? plug_into(p, a, guest_xml, target) : -1;
@@ -1070,8 +1070,9 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         return vm_error(ENOMEM, "out of memory");
     }
     if (p->job)
-        vm_notice(VM_NOTICE_INFO, "host %s: plugged %s as %s (%zu filesystem(s)) from the "
-                                  "running domain's backup job",
+        vm_notice(VM_NOTICE_INFO,
+                  "host %s: plugged %s as %s (%zu filesystem(s)) from the "
+                  "running domain's backup job",
                   vm_host_name(h), disk_name, p->serial, p->nfs);
     else
         vm_notice(VM_NOTICE_INFO,
@@ -1123,8 +1124,7 @@ int vm_unplug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         if (waited >= RELEASE_WAIT_MS) {
             int opens = p->opens;
             pthread_mutex_unlock(&table_lock);
-            return vm_error(EBUSY, "cannot unplug %s: %d file(s) open under it", disk_name,
-                            opens);
+            return vm_error(EBUSY, "cannot unplug %s: %d file(s) open under it", disk_name, opens);
         }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -1154,8 +1154,8 @@ int vm_unplug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
     vm_plug_unref(p);
     vm_host_refresh_later(h, uuid);
     if (r < 0)
-        return vm_error(EIO, "unplug %s: its filesystems are unmounted but %s",
-                        disk_name, vm_error_message());
+        return vm_error(EIO, "unplug %s: its filesystems are unmounted but %s", disk_name,
+                        vm_error_message());
     return 0;
 }
 
@@ -1370,8 +1370,7 @@ ssize_t vm_plug_image_pread(struct vm_plug *p, char *buf, size_t size, int64_t o
         size_t n;
         char *data = p->image_path
                          ? guestfs_pread(g, p->image_path, (int)want, offset + (int64_t)got, &n)
-                         : guestfs_pread_device(g, p->device, (int)want, offset + (int64_t)got,
-                                                &n);
+                         : guestfs_pread_device(g, p->device, (int)want, offset + (int64_t)got, &n);
         if (!data) {
             r = gfs_error(g, "read of the disk image failed");
             break;
@@ -1445,8 +1444,8 @@ void vm_guest_dir_free(struct vm_guest_dir *d)
     free(d);
 }
 
-bool vm_xattrs_next(const struct vm_xattrs *x, size_t *pos, const char **name,
-                    const char **value, uint32_t *value_len)
+bool vm_xattrs_next(const struct vm_xattrs *x, size_t *pos, const char **name, const char **value,
+                    uint32_t *value_len)
 {
     if (!x->data || *pos >= x->len)
         return false;

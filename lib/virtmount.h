@@ -31,32 +31,32 @@ void vm_error_clear(void);
 
 /** One disk of a domain, as read from its XML. All strings owned by the struct. */
 struct vm_disk {
-    char *name;        /* its name under devices/: serial or target, unique in the domain */
-    char *target;      /* target dev: vda, sdb, hdc */
-    char *bus;         /* virtio, scsi, sata, ide, fdc, usb, ... ("" if unknown) */
-    char *device;      /* disk, cdrom, floppy, lun */
-    char *type;        /* source type: file, block, volume, network, dir, nvme, vhostuser */
-    char *source;      /* a path, pool/volume, or protocol://host:port/name ("" if none) */
-    char *format;      /* driver type: qcow2, raw, ... ("" if unknown) */
-    char *serial;      /* NULL when the disk has none */
+    char *name;   /* its name under devices/: serial or target, unique in the domain */
+    char *target; /* target dev: vda, sdb, hdc */
+    char *bus;    /* virtio, scsi, sata, ide, fdc, usb, ... ("" if unknown) */
+    char *device; /* disk, cdrom, floppy, lun */
+    char *type;   /* source type: file, block, volume, network, dir, nvme, vhostuser */
+    char *source; /* a path, pool/volume, or protocol://host:port/name ("" if none) */
+    char *format; /* driver type: qcow2, raw, ... ("" if unknown) */
+    char *serial; /* NULL when the disk has none */
     bool readonly;
     bool shareable;
-    char *xml;         /* the <disk> element, serialized */
+    char *xml; /* the <disk> element, serialized */
 };
 
 /** What virtmount knows of one domain. Immutable once published; refcounted. */
 struct vm_domain {
     int refcount;
     char *name;
-    char uuid[37];     /* canonical string form */
-    int state;         /* virDomainState */
-    char *xml;         /* as virDomainGetXMLDesc(flags 0) gives it */
+    char uuid[37]; /* canonical string form */
+    int state;     /* virDomainState */
+    char *xml;     /* as virDomainGetXMLDesc(flags 0) gives it */
     size_t ndisks;
     struct vm_disk *disks;
     /* Filled by host.c, not by the parser: capacity in bytes per disk, or -1 with a reason. */
     int64_t *sizes;
     char **size_errors;
-    time_t read_at;    /* when host.c read it: the mtime of its files */
+    time_t read_at; /* when host.c read it: the mtime of its files */
 };
 
 /**
@@ -135,14 +135,14 @@ enum vm_accel { VM_ACCEL_AUTO, VM_ACCEL_KVM, VM_ACCEL_TCG };
 
 /** What the mount options say about appliances; set once, before any host starts. */
 struct vm_settings {
-    const char *statedir;        /* absolute */
+    const char *statedir; /* absolute */
     enum vm_accel accel;
-    unsigned max_drives;         /* per appliance, 1..254 */
-    unsigned appliance_idle;     /* seconds an empty appliance lives; 0: until unmount */
-    bool appliance_eager;        /* boot each host's appliance at mount */
-    unsigned appliance_memory;   /* MiB */
-    unsigned appliances;         /* per host, sharing the drives (least loaded first) */
-    bool isolate_domain;         /* each domain its own appliance */
+    unsigned max_drives;       /* per appliance, 1..254 */
+    unsigned appliance_idle;   /* seconds an empty appliance lives; 0: until unmount */
+    bool appliance_eager;      /* boot each host's appliance at mount */
+    unsigned appliance_memory; /* MiB */
+    unsigned appliances;       /* per host, sharing the drives (least loaded first) */
+    bool isolate_domain;       /* each domain its own appliance */
     /* Where lib/ reports what is worth logging (level: 0 info, 1 warning); may be NULL. */
     void (*notice)(int level, const char *message);
 };
@@ -265,8 +265,8 @@ struct vm_xattrs {
     char *data; /* NULL when none */
 };
 /** The attribute after position *POS (start at 0); false at the end. */
-bool vm_xattrs_next(const struct vm_xattrs *x, size_t *pos, const char **name,
-                    const char **value, uint32_t *value_len);
+bool vm_xattrs_next(const struct vm_xattrs *x, size_t *pos, const char **name, const char **value,
+                    uint32_t *value_len);
 
 /** A directory of a guest filesystem with every entry's attributes. */
 struct vm_guest_dir {
@@ -275,7 +275,7 @@ struct vm_guest_dir {
         char *name;
         struct stat st;
         struct vm_xattrs xattrs;
-    } *v;
+    } * v;
 };
 int vm_guest_lstat(struct vm_plug *p, int fs, const char *path, struct stat *st);
 /** PATH's extended attributes (none is not an error). */

@@ -122,8 +122,8 @@ static void test_attach_network_auth(void **state)
                         "uuid='2ec115d7-3a88-3ceb-bc12-0ac909a6fd87'/></auth>"
                         "<source protocol='rbd' name='vms/db01'><host name='mon1' port='6789'/>"
                         "</source><target dev='vdb' bus='virtio'/><shareable/></disk>";
-    check_golden("attach-network", vm_xml_attach_disk(guest, "vmbbbbbbbbbbbbbbbbbbbbbbbbd", 26,
-                                                      true));
+    check_golden("attach-network",
+                 vm_xml_attach_disk(guest, "vmbbbbbbbbbbbbbbbbbbbbbbbbd", 26, true));
 }
 
 static void test_attach_cdrom(void **state)
@@ -132,8 +132,8 @@ static void test_attach_cdrom(void **state)
                         "<source file='/isos/debian.iso'/><target dev='hdc' bus='ide'/>"
                         "<readonly/><address type='drive' controller='0' bus='1' target='0' "
                         "unit='0'/></disk>";
-    check_golden("attach-cdrom", vm_xml_attach_disk(guest, "vmccccccccccccccccccccccccd", 255,
-                                                    true));
+    check_golden("attach-cdrom",
+                 vm_xml_attach_disk(guest, "vmccccccccccccccccccccccccd", 255, true));
 }
 
 static void test_attach_not_a_disk(void **state)
@@ -176,10 +176,10 @@ static void test_attach_nbd(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_appliance_tcg),      cmocka_unit_test(test_appliance_kvm_escaped),
-        cmocka_unit_test(test_attach_file),        cmocka_unit_test(test_attach_network_auth),
-        cmocka_unit_test(test_attach_cdrom),       cmocka_unit_test(test_attach_not_a_disk),
-        cmocka_unit_test(test_backup),             cmocka_unit_test(test_attach_nbd),
+        cmocka_unit_test(test_appliance_tcg), cmocka_unit_test(test_appliance_kvm_escaped),
+        cmocka_unit_test(test_attach_file),   cmocka_unit_test(test_attach_network_auth),
+        cmocka_unit_test(test_attach_cdrom),  cmocka_unit_test(test_attach_not_a_disk),
+        cmocka_unit_test(test_backup),        cmocka_unit_test(test_attach_nbd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
