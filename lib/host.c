@@ -285,8 +285,10 @@ static int connect_host(struct vm_host *h)
     if (!h->conn)
         return vm_error_libvirt(EHOSTUNREACH, "cannot connect to %s", h->uri);
     h->lifecycle_cb = h->device_added_cb = h->device_removed_cb = -1;
-    /* Notice a dead remote daemon within seconds, not at the next call. */
-    virConnectSetKeepAlive(h->conn, 5, 3);
+    /* Notice a dead remote daemon within a minute, not at the next call.
+     * Not sooner: a busy daemon stops reading a client that has 5 calls in
+     * flight (max_client_requests), keepalives included. */
+    virConnectSetKeepAlive(h->conn, 10, 6);
     virConnectRegisterCloseCallback(h->conn, close_cb, h, NULL);
     h->lifecycle_cb =
         virConnectDomainEventRegisterAny(h->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,

@@ -477,8 +477,8 @@ static bool is_mountable(const char *type)
  * filesystem would otherwise refuse to mount on a read-only drive. */
 static const char *mount_options(const char *type)
 {
-    if (strncmp(type, "ext", 3) == 0)
-        return "ro,noload";
+    if (strcmp(type, "ext3") == 0 || strcmp(type, "ext4") == 0)
+        return "ro,noload"; /* ext2 has no journal, and refuses the option */
     if (strcmp(type, "xfs") == 0)
         return "ro,norecovery";
     if (strcmp(type, "btrfs") == 0)
@@ -552,6 +552,35 @@ static int describe(struct vm_plug *p, FILE *info, char **id, const char *device
     return 0;
 }
 
+/* Activate VG read-only.  Its drives are attached <readonly/>, where a
+ * plain `vgchange -ay` fails ("reload ioctl ... Read-only file system"):
+ * LVM must be told the LVs are read-only, which vg_activate cannot say, so
+ * then ask the appliance's shell through guestfs_debug. */
+static int activate_vg(guestfs_h *g, const char *vg)
+{
+    char *one[] = {(char *)vg, NULL};
+    guestfs_push_error_handler(g, NULL, NULL);
+    int r = guestfs_vg_activate(g, 1, one);
+    guestfs_pop_error_handler(g);
+    if (r == 0)
+        return 0;
+    /* VG names are [A-Za-z0-9+_.-]: nothing here needs quoting. */
+    for (const char *c = vg; *c; c++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+_.-", *c))
+            return vm_error(EINVAL, "unexpected volume group name");
+    CLEANUP_FREE char *cmd = NULL;
+    if (asprintf(&cmd,
+                 "lvm vgchange -ay --config 'activation{read_only_volume_list=[\"%s\"]}' %s",
+                 vg, vg) < 0)
+        return vm_error(ENOMEM, "out of memory");
+    char *args[] = {cmd, NULL};
+    char *out = guestfs_debug(g, "sh", args);
+    if (!out)
+        return gfs_error(g, "vgchange");
+    free(out);
+    return 0;
+}
+
 /* Does another plug in P's appliance hold one of these PVs, or a VG named VG? */
 static bool clashes(const struct vm_plug *p, const char *vg)
 {
@@ -608,10 +637,9 @@ static int probe_lvm(guestfs_h *g, struct vm_plug *p, FILE *info, char **pv_devi
             r = 1;
             break;
         }
-        char *one[] = {vgs[i], NULL};
-        if (guestfs_vg_activate(g, 1, one) < 0) {
-            fprintf(info, "volume group %s: cannot be activated (not all its PVs plugged?): %s\n",
-                    vgs[i], guestfs_last_error(g));
+        if (activate_vg(g, vgs[i]) < 0) {
+            fprintf(info, "volume group %s: cannot be activated: %s\n", vgs[i],
+                    vm_error_message());
             continue;
         }
         char **v = realloc(p->vgs, (p->nvgs + 1) * sizeof *v);

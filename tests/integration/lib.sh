@@ -474,6 +474,11 @@ lv_start() {
         mount --bind "$1/lib" /var/lib/libvirt
         mount --bind "$1/cache" /var/cache/libvirt
         mount --bind "$1/log" /var/log/libvirt
+        # libvirt locks chardev paths in /run/lock, named after the path: two
+        # instances both name their first appliance domain-1-..., so each
+        # gets a lock dir of its own.
+        mkdir -p "$1/lock" /run/lock
+        mount --bind "$1/lock" /run/lock
         exec libvirtd --daemon $2 --config /etc/libvirt/libvirtd.conf \
             --pid-file "$1/libvirtd.pid"' \
         lv-start "$b" "$listen" </dev/null >>"$b/stderr.log" 2>&1 ||
