@@ -32,8 +32,10 @@ static void reply_error(fuse_req_t req, const char *op)
 {
     int e = vm_error_errno();
     /* A lookup of a name that is not there is how shells and file managers
-     * probe; anything else that fails is worth a line. */
-    bool probe = e == ENOENT && (strcmp(op, "lookup") == 0 || strcmp(op, "getattr") == 0);
+     * probe, and a host that is down was logged when it went: anything else
+     * that fails is worth a line. */
+    bool probe = (e == ENOENT || e == EHOSTUNREACH) &&
+                 (strcmp(op, "lookup") == 0 || strcmp(op, "getattr") == 0);
     fs_log(probe ? LOG_DEBUG : LOG_INFO, "%s: %s", op, vm_error_message());
     fuse_reply_err(req, e);
 }

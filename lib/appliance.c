@@ -424,7 +424,22 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
         return -1;
     }
     double t0 = now_seconds();
-    int r = vm_channel_wait_flag(channel, timeout_ms);
+    /* In slices, so that a host whose connection closes meanwhile (its
+     * daemon stopped) ends the wait at once rather than at the timeout. */
+    int r = -1;
+    for (int waited = 0; waited < timeout_ms; waited += 1000) {
+        r = vm_channel_wait_flag(channel, timeout_ms - waited < 1000 ? timeout_ms - waited : 1000);
+        if (r == 0 || vm_error_errno() != ETIMEDOUT)
+            break;
+        if (virConnectIsAlive(conn) != 1) {
+            r = vm_error(EHOSTUNREACH, "the connection to %s closed during the boot",
+                         vm_host_uri(a->host));
+            break;
+        }
+        if (waited + 1000 >= timeout_ms)
+            vm_error(ETIMEDOUT, "the appliance sent no launch flag within %d s",
+                     timeout_ms / 1000);
+    }
     if (r < 0) {
         CLEANUP_FREE char *tail = a->console ? vm_channel_console_tail(a->console, 600) : NULL;
         vm_error(vm_error_errno(), "appliance (%s) did not boot: %s%s%s", kvm ? "KVM" : "TCG",
@@ -634,6 +649,12 @@ int vm_appliance_mount_dev(struct vm_appliance *a, guestfs_h *g, const char *dev
                         guestfs_last_error(g) ? guestfs_last_error(g) : "unknown error");
     __atomic_store_n(&a->dev_mounted, true, __ATOMIC_RELEASE);
     return 0;
+}
+
+unsigned vm_appliance_generation(struct vm_appliance *a)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&a->lock);
+    return a->state == RUNNING ? a->generation : 0;
 }
 
 bool vm_appliance_dev_mounted(struct vm_appliance *a)

@@ -446,6 +446,8 @@ static void *host_thread(void *arg)
             h->closed = false;
             pthread_mutex_unlock(&h->lock);
             disconnect(h);
+            /* The appliances' channels went with the connection. */
+            vm_plug_host_down(h);
             char reason[600];
             const char *m = virGetLastErrorMessage();
             snprintf(reason, sizeof reason, "connection to %s closed%s%s", h->uri,

@@ -103,6 +103,8 @@ int vm_appliance_status(struct vm_appliance *a, FILE *out);
 #define VM_APPLIANCE_DEVDIR "/.virtmount-dev"
 /** Mount devtmpfs at VM_APPLIANCE_DEVDIR once per boot (handle G held); DEVICE: any drive. */
 int vm_appliance_mount_dev(struct vm_appliance *a, guestfs_h *g, const char *device);
+/** The running boot's generation, 0 when not running. */
+unsigned vm_appliance_generation(struct vm_appliance *a);
 /** Whether devtmpfs is mounted in this boot's sysroot. */
 bool vm_appliance_dev_mounted(struct vm_appliance *a);
 /** Destroy the appliances a previous run of this instance left on CONN. */
@@ -136,6 +138,8 @@ char *vm_helper_path(const char *name);
 
 /* ---- plug.c ---- */
 
+/** H's connection closed: its appliances went with it; drop their plugs (does not block). */
+void vm_plug_host_down(struct vm_host *h);
 /** End the backup jobs a killed run of this instance left on CONN; how many. */
 int vm_backup_jobs_cleanup(virConnectPtr conn);
 /** A domain of H started or stopped (event loop thread; does not block). */

@@ -414,8 +414,10 @@ void vm_plug_start_eager(struct vm_host *h)
 static int gfs_error(guestfs_h *g, const char *what)
 {
     int e = guestfs_last_errno(g);
-    return vm_error(e ? e : EIO, "%s: %s", what,
-                    guestfs_last_error(g) ? guestfs_last_error(g) : "unknown error");
+    const char *m = guestfs_last_error(g);
+    /* One line: libguestfs appends paragraphs of advice to some errors. */
+    int len = m ? (int)strcspn(m, "\n") : 0;
+    return vm_error(e ? e : EIO, "%s: %.*s", what, m ? len : 13, m ? m : "unknown error");
 }
 
 static void free_strings(char **v)
@@ -865,11 +867,17 @@ static struct backup_job *job_acquire(struct vm_host *h, const struct vm_domain 
     CLEANUP_FREE char *xml = vm_xml_backup(d, j->socket, "/var/tmp", prefix);
     virConnectPtr conn = xml ? vm_host_connection(h) : NULL;
     virDomainPtr dom = conn ? virDomainLookupByUUIDString(conn, d->uuid) : NULL;
+    virDomainJobInfo info;
     int r = -1;
     if (!xml || !conn)
         ;
     else if (!dom)
         vm_error_libvirt(ENOENT, "domain %s is gone", d->name);
+    /* Asked first: libvirt would wait 30 s for its job lock before saying no. */
+    else if (virDomainGetJobInfo(dom, &info) == 0 && info.type != VIR_DOMAIN_JOB_NONE)
+        vm_error(EBUSY, "cannot plug a disk of running domain %s: another job (a backup, "
+                        "migration or snapshot) runs on it",
+                 d->name);
     else if ((r = virDomainBackupBegin(dom, xml, NULL, 0)) < 0)
         vm_error_libvirt(EBUSY, "cannot start a backup job on running domain %s", d->name);
     if (dom)
@@ -927,6 +935,41 @@ static void job_release(struct backup_job *j)
             unlink(j->scratch[i]);
     }
     job_free(j);
+}
+
+struct host_down {
+    struct vm_appliance *a;
+    unsigned generation;
+};
+
+static void *host_down_thread(void *arg)
+{
+    struct host_down *d = arg;
+    appliance_died(d->a, d->generation, "the host's connection closed");
+    free(d);
+    return NULL;
+}
+
+void vm_plug_host_down(struct vm_host *h)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    for (size_t i = 0; i < nappls; i++) {
+        if (appls[i].host != h)
+            continue;
+        unsigned generation = vm_appliance_generation(appls[i].appliance);
+        struct host_down *d = generation ? calloc(1, sizeof *d) : NULL;
+        if (!d)
+            continue;
+        d->a = appls[i].appliance;
+        d->generation = generation;
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, host_down_thread, d) != 0)
+            free(d);
+        pthread_attr_destroy(&attr);
+    }
 }
 
 int vm_backup_jobs_cleanup(virConnectPtr conn)
