@@ -81,6 +81,17 @@ void vm_notice(int level, const char *fmt, ...)
     vm_settings.notice(level, msg);
 }
 
+int vm_spawn_detached(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int e = pthread_create(&t, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    return e ? vm_error(e, "cannot start a thread: %s", strerror(e)) : 0;
+}
+
 static char instance_id[17];
 static pthread_once_t instance_once = PTHREAD_ONCE_INIT;
 
@@ -275,15 +286,10 @@ static void channel_closed(void *opaque, const char *reason)
     d->generation = a->generation;
     pthread_mutex_unlock(&a->lock);
     d->why = strdup(reason ? reason : "channel closed");
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, death_thread, d) != 0) {
+    if (vm_spawn_detached(death_thread, d) < 0) {
         free(d->why);
         free(d);
     }
-    pthread_attr_destroy(&attr);
 }
 
 /* Tear down whatever a boot set up (lock not held: this is slow). */
@@ -437,8 +443,7 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
             break;
         }
         if (waited + 1000 >= timeout_ms)
-            vm_error(ETIMEDOUT, "the appliance sent no launch flag within %d s",
-                     timeout_ms / 1000);
+            vm_error(ETIMEDOUT, "the appliance sent no launch flag within %d s", timeout_ms / 1000);
     }
     if (r < 0) {
         CLEANUP_FREE char *tail = a->console ? vm_channel_console_tail(a->console, 600) : NULL;

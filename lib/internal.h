@@ -75,6 +75,8 @@ char *vm_xml_attach_nbd(const char *socket, const char *export_name, const char 
 enum { VM_NOTICE_INFO, VM_NOTICE_WARNING };
 /** Tell the application something worth logging (through vm_settings.notice). */
 void vm_notice(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/** Run FN(ARG) on a detached thread of its own (for work an event callback must not do). */
+int vm_spawn_detached(void *(*fn)(void *), void *arg);
 /** The id naming this instance's appliances (host name and state dir). */
 const char *vm_instance_id(void);
 

@@ -401,12 +401,7 @@ void vm_plug_start_eager(struct vm_host *h)
     /* With isolate=domain no appliance exists before a domain's first plug. */
     if (vm_settings.isolate_domain)
         return;
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_create(&t, &attr, eager_thread, h);
-    pthread_attr_destroy(&attr);
+    vm_spawn_detached(eager_thread, h);
 }
 
 /* ---- probing and mounting ------------------------------------------------ */
@@ -571,8 +566,7 @@ static int activate_vg(guestfs_h *g, const char *vg)
         if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+_.-", *c))
             return vm_error(EINVAL, "unexpected volume group name");
     CLEANUP_FREE char *cmd = NULL;
-    if (asprintf(&cmd,
-                 "lvm vgchange -ay --config 'activation{read_only_volume_list=[\"%s\"]}' %s",
+    if (asprintf(&cmd, "lvm vgchange -ay --config 'activation{read_only_volume_list=[\"%s\"]}' %s",
                  vg, vg) < 0)
         return vm_error(ENOMEM, "out of memory");
     char *args[] = {cmd, NULL};
@@ -640,8 +634,7 @@ static int probe_lvm(guestfs_h *g, struct vm_plug *p, FILE *info, char **pv_devi
             break;
         }
         if (activate_vg(g, vgs[i]) < 0) {
-            fprintf(info, "volume group %s: cannot be activated: %s\n", vgs[i],
-                    vm_error_message());
+            fprintf(info, "volume group %s: cannot be activated: %s\n", vgs[i], vm_error_message());
             continue;
         }
         char **v = realloc(p->vgs, (p->nvgs + 1) * sizeof *v);
@@ -875,8 +868,9 @@ static struct backup_job *job_acquire(struct vm_host *h, const struct vm_domain 
         vm_error_libvirt(ENOENT, "domain %s is gone", d->name);
     /* Asked first: libvirt would wait 30 s for its job lock before saying no. */
     else if (virDomainGetJobInfo(dom, &info) == 0 && info.type != VIR_DOMAIN_JOB_NONE)
-        vm_error(EBUSY, "cannot plug a disk of running domain %s: another job (a backup, "
-                        "migration or snapshot) runs on it",
+        vm_error(EBUSY,
+                 "cannot plug a disk of running domain %s: another job (a backup, "
+                 "migration or snapshot) runs on it",
                  d->name);
     else if ((r = virDomainBackupBegin(dom, xml, NULL, 0)) < 0)
         vm_error_libvirt(EBUSY, "cannot start a backup job on running domain %s", d->name);
@@ -937,14 +931,9 @@ static void job_release(struct backup_job *j)
     job_free(j);
 }
 
-struct host_down {
-    struct vm_appliance *a;
-    unsigned generation;
-};
-
 static void *host_down_thread(void *arg)
 {
-    struct host_down *d = arg;
+    struct died *d = arg;
     appliance_died(d->a, d->generation, "the host's connection closed");
     free(d);
     return NULL;
@@ -957,18 +946,13 @@ void vm_plug_host_down(struct vm_host *h)
         if (appls[i].host != h)
             continue;
         unsigned generation = vm_appliance_generation(appls[i].appliance);
-        struct host_down *d = generation ? calloc(1, sizeof *d) : NULL;
+        struct died *d = generation ? calloc(1, sizeof *d) : NULL;
         if (!d)
             continue;
         d->a = appls[i].appliance;
         d->generation = generation;
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &attr, host_down_thread, d) != 0)
+        if (vm_spawn_detached(host_down_thread, d) < 0)
             free(d);
-        pthread_attr_destroy(&attr);
     }
 }
 
@@ -1293,13 +1277,8 @@ void vm_plug_domain_event(struct vm_host *h, const char *uuid, bool started, boo
     e->host = h;
     snprintf(e->uuid, sizeof e->uuid, "%s", uuid);
     e->started = started;
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &attr, drop_thread, e) != 0)
+    if (vm_spawn_detached(drop_thread, e) < 0)
         free(e);
-    pthread_attr_destroy(&attr);
 }
 
 void vm_plugs_shutdown(void)
