@@ -99,7 +99,30 @@ static void close_plug(struct vm_plug *p)
 struct open_dir {
     struct dir_list list;
     struct vm_plug *plug;
+    bool listed; /* the listing is taken at the first READDIR (see op_opendir) */
 };
+
+static struct node *find_node(fuse_ino_t ino);
+
+/* Take D's listing of directory N now, if it has not been taken yet. */
+static int take_listing(struct open_dir *d, fuse_ino_t ino)
+{
+    if (d->listed)
+        return 0;
+    struct node *n = find_node(ino);
+    if (!n)
+        return -1;
+    struct node_id self = node_identity(n);
+    struct node *parent = find_node(n->parent);
+    struct node_id up = parent ? node_identity(parent) : self;
+    if (dir_list_add(&d->list, &self, ".") < 0 || dir_list_add(&d->list, &up, "..") < 0 ||
+        node_ops_of(n->kind)->readdir(n, &d->list) < 0) {
+        dir_list_free(&d->list);
+        return -1;
+    }
+    d->listed = true;
+    return 0;
+}
 
 struct open_file {
     char *buf; /* a generated file's content */
@@ -170,24 +193,20 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     struct node *n = find_node(ino);
     if (!n)
         return reply_error(req, "opendir");
-    const struct node_ops *ops = node_ops_of(n->kind);
     if (!node_is_dir(n)) {
         vm_error(ENOTDIR, "opendir: not a directory");
         return reply_error(req, "opendir");
     }
-    /* The listing is taken once, at opendir, so a reader sees one snapshot. */
+    /* The listing is taken once, so a reader sees one snapshot: at opendir
+     * for the tree's own directories, at the first READDIR for a guest's,
+     * which the kernel then keeps: a warm opendir costs the appliance nothing. */
     struct open_dir *d = calloc(1, sizeof *d);
     if (!d) {
         vm_error(ENOMEM, "out of memory");
         return reply_error(req, "opendir");
     }
-    struct node_id self = node_identity(n);
-    struct node *parent = find_node(n->parent);
-    struct node_id up = parent ? node_identity(parent) : self;
-    if (open_plug(n, &d->plug) < 0 || dir_list_add(&d->list, &self, ".") < 0 ||
-        dir_list_add(&d->list, &up, "..") < 0 || ops->readdir(n, &d->list) < 0) {
+    if (open_plug(n, &d->plug) < 0 || (n->kind != NODE_GUEST && take_listing(d, ino) < 0)) {
         close_plug(d->plug);
-        dir_list_free(&d->list);
         free(d);
         return reply_error(req, "opendir");
     }
@@ -203,7 +222,10 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                        struct fuse_file_info *fi)
 {
-    struct dir_list *list = &((struct open_dir *)(uintptr_t)fi->fh)->list;
+    struct open_dir *d = (struct open_dir *)(uintptr_t)fi->fh;
+    if (take_listing(d, ino) < 0)
+        return reply_error(req, "readdir");
+    struct dir_list *list = &d->list;
     CLEANUP_FREE char *buf = malloc(size);
     if (!buf) {
         vm_error(ENOMEM, "out of memory");
@@ -227,7 +249,10 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                            struct fuse_file_info *fi)
 {
-    struct dir_list *list = &((struct open_dir *)(uintptr_t)fi->fh)->list;
+    struct open_dir *d = (struct open_dir *)(uintptr_t)fi->fh;
+    if (take_listing(d, ino) < 0)
+        return reply_error(req, "readdirplus");
+    struct dir_list *list = &d->list;
     CLEANUP_FREE char *buf = malloc(size);
     if (!buf) {
         vm_error(ENOMEM, "out of memory");
