@@ -256,8 +256,13 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
         if (name && strcmp(n->name ? n->name : "", name) != 0) {
             char *copy = strdup(name);
             if (copy) {
+                /* Keep the cache's accounting right: the name is part of its size. */
+                if (n->kind == NODE_GUEST)
+                    guest_memory -= node_memory(n);
                 free(n->name);
                 n->name = copy;
+                if (n->kind == NODE_GUEST)
+                    guest_memory += node_memory(n);
                 n->parent = parent;
             }
         }
