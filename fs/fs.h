@@ -82,7 +82,7 @@ struct node_id {
     const char *fsname;    /* NODE_GUEST: the filesystem's directory (part1, whole, ...) */
     const char *path;      /* NODE_GUEST: the path inside it, "/" for its top */
     const struct stat *st; /* NODE_GUEST: the guest's attributes (st_ino: the guest's own) */
-    const struct vm_xattrs *xattrs; /* NODE_GUEST: its extended attributes */
+    const struct vm_xattrs *xattrs; /* NODE_GUEST: its extended attributes; NULL: not known yet */
 };
 
 struct node {
@@ -98,9 +98,13 @@ struct node {
     char *fsname;
     char *path;
     struct stat st; /* NODE_GUEST: the guest's attributes; they cannot change while plugged */
-    struct vm_xattrs xattrs; /* NODE_GUEST: likewise its extended attributes */
+    /* NODE_GUEST: likewise its extended attributes, once xattrs_known (set
+     * once, atomically, by inode_set_xattrs: readers need no lock). */
+    struct vm_xattrs xattrs;
+    bool xattrs_known;
     struct node *hash_next;
-    struct node *lru_prev, *lru_next; /* NODE_GUEST: in the table's LRU list */
+    struct node *up, *kids, *kid_prev, *kid_next; /* the parent's node and its children */
+    struct node *lru_prev, *lru_next;             /* NODE_GUEST: in the table's LRU list */
 };
 
 /** True for directories (a guest node is one when the guest says so). */
@@ -124,6 +128,16 @@ fuse_ino_t inode_number(const struct node_id *id);
 void inode_forget(fuse_ino_t ino, uint64_t nlookup);
 /** Past BYTES of guest nodes, the coldest are invalidated for the kernel to forget. */
 void inode_set_cache_limit(size_t bytes);
+/**
+ * Up to MAX guest nodes whose extended attributes are not known: N, then
+ * the other children of N's parent.  Their numbers into INOS, their names
+ * (malloc'd) into NAMES; returns how many.
+ */
+size_t inode_xattrs_wanted(const struct node *n, fuse_ino_t *inos, char **names, size_t max);
+/** Node INO's extended attributes are X (taken over), unless already known. */
+void inode_set_xattrs(fuse_ino_t ino, struct vm_xattrs *x);
+/** Whether N's extended attributes are known. */
+bool node_xattrs_known(const struct node *n);
 /** The hosts of the mount. */
 struct vm_host **inode_hosts(size_t *n);
 
@@ -152,12 +166,15 @@ struct dir_list {
         mode_t type;       /* S_IFMT bits */
         struct node_id id; /* its strings point into the owned copies below */
         char *disk, *fsname, *path;
-        bool has_st;
+        bool has_st, has_xattrs;
+        bool gone; /* listed, but gone when its attributes were asked for */
         struct stat st;
         struct vm_xattrs xattrs;
     } * v;
 };
 int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name);
+/** An entry that keeps its place (offsets) but is never shown. */
+int dir_list_add_gone(struct dir_list *l, const char *name);
 /** The identity of entry E (valid while the list is). */
 struct node_id dir_list_entry_id(struct dir_entry *e);
 void dir_list_free(struct dir_list *l);
@@ -179,6 +196,13 @@ struct node_ops {
     int (*getattr)(const struct node *n, struct stat *st);
     int (*lookup)(const struct node *dir, const char *name, struct node_id *child);
     int (*readdir)(const struct node *dir, struct dir_list *list);
+    /**
+     * Or, for directories too big to hold listed whole (a guest's): the
+     * names first, then COUNT of them at a time with their attributes.
+     */
+    int (*names)(const struct node *dir, struct vm_names **out);
+    int (*list_range)(const struct node *dir, char *const *names, size_t count,
+                      struct dir_list *list);
     /** The content of a small generated file, malloc'd (its size is its length). */
     int (*content)(const struct node *file, char **buf, size_t *len);
     /** Files with real data instead: open, read (a full buffer unless at the end), release. */
@@ -187,6 +211,8 @@ struct node_ops {
     void (*release)(const struct node *file, void *handle);
     /** The target of a symbolic link, malloc'd. */
     char *(*readlink)(const struct node *link);
+    /** Make N's extended attributes known (node_xattrs_known); NULL: it has none. */
+    int (*load_xattrs)(const struct node *n);
     /** mkdir/rmdir under this directory; NULL: EPERM. */
     int (*mkdir)(const struct node *dir, const char *name);
     int (*rmdir)(const struct node *dir, const char *name);

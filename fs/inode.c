@@ -44,6 +44,38 @@ static size_t node_memory(const struct node *n)
            n->xattrs.len + 64 /* malloc overhead, the kernel's dentry is not ours */;
 }
 
+bool node_xattrs_known(const struct node *n)
+{
+    return n->kind == NODE_GUEST && __atomic_load_n(&n->xattrs_known, __ATOMIC_ACQUIRE);
+}
+
+/* Children lists: a directory's known children, for fetching their
+ * extended attributes together. */
+static void kid_unlink(struct node *n)
+{
+    if (!n->up)
+        return;
+    if (n->kid_prev)
+        n->kid_prev->kid_next = n->kid_next;
+    else
+        n->up->kids = n->kid_next;
+    if (n->kid_next)
+        n->kid_next->kid_prev = n->kid_prev;
+    n->up = n->kid_prev = n->kid_next = NULL;
+}
+
+static void kid_link(struct node *n, struct node *up)
+{
+    kid_unlink(n);
+    if (!up || up == n)
+        return;
+    n->up = up;
+    n->kid_next = up->kids;
+    if (up->kids)
+        up->kids->kid_prev = n;
+    up->kids = n;
+}
+
 static void lru_unlink(struct node *n)
 {
     if (!n->lru_next)
@@ -136,7 +168,7 @@ struct node_id node_identity(const struct node *n)
                          .fsname = n->fsname,
                          .path = n->path,
                          .st = n->kind == NODE_GUEST ? &n->st : NULL,
-                         .xattrs = n->kind == NODE_GUEST ? &n->xattrs : NULL};
+                         .xattrs = node_xattrs_known(n) ? &n->xattrs : NULL};
     memcpy(id.uuid, n->uuid, sizeof id.uuid);
     return id;
 }
@@ -264,6 +296,7 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
                 if (n->kind == NODE_GUEST)
                     guest_memory += node_memory(n);
                 n->parent = parent;
+                kid_link(n, find_locked(parent));
             }
         }
     } else {
@@ -289,6 +322,7 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
             memcpy(n->xattrs.data, id->xattrs->data, id->xattrs->len);
             n->xattrs.len = id->xattrs->len;
         }
+        n->xattrs_known = id->xattrs && (!id->xattrs->len || n->xattrs.data);
         if (!n->name || (id->disk && !n->disk) || (id->fsname && !n->fsname) ||
             (id->path && !n->path)) {
             node_free(n);
@@ -296,6 +330,7 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
         }
         n->hash_next = buckets[ino % NBUCKETS];
         buckets[ino % NBUCKETS] = n;
+        kid_link(n, find_locked(parent));
         if (n->kind == NODE_GUEST) {
             guest_memory += node_memory(n);
             if (guest_memory > cache_limit)
@@ -325,8 +360,46 @@ void inode_forget(fuse_ino_t ino, uint64_t nlookup)
         if (n->kind == NODE_GUEST)
             guest_memory -= node_memory(n);
         lru_unlink(n);
+        kid_unlink(n);
+        while (n->kids)
+            kid_unlink(n->kids);
         node_free(n);
     }
+}
+
+size_t inode_xattrs_wanted(const struct node *n, fuse_ino_t *inos, char **names, size_t max)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    size_t count = 0;
+    if (max == 0 || node_xattrs_known(n) || !(names[0] = strdup(n->name)))
+        return 0;
+    inos[count++] = n->ino;
+    for (struct node *k = n->up ? n->up->kids : NULL; k && count < max; k = k->kid_next) {
+        if (k == n || k->kind != NODE_GUEST || node_xattrs_known(k) || k->parent != n->parent)
+            continue;
+        if (!(names[count] = strdup(k->name)))
+            break;
+        inos[count++] = k->ino;
+    }
+    return count;
+}
+
+void inode_set_xattrs(fuse_ino_t ino, struct vm_xattrs *x)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    struct node *n = find_locked(ino);
+    if (!n || n->kind != NODE_GUEST || node_xattrs_known(n)) {
+        free(x->data);
+        *x = (struct vm_xattrs){0};
+        return;
+    }
+    guest_memory -= node_memory(n);
+    n->xattrs = *x;
+    *x = (struct vm_xattrs){0};
+    guest_memory += node_memory(n);
+    __atomic_store_n(&n->xattrs_known, true, __ATOMIC_RELEASE);
+    if (guest_memory > cache_limit)
+        pthread_cond_signal(&trim_cond);
 }
 
 size_t inode_collect(struct vm_host *h, const char *uuid, struct invalidation **out,

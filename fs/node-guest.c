@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cleanup.h"
+
 static int guest_getattr(const struct node *n, struct stat *st)
 {
     *st = n->st;
@@ -21,6 +23,16 @@ static char *child_path(const struct node *dir, const char *name)
     if (asprintf(&path, "%s%s%s", dir->path, strcmp(dir->path, "/") == 0 ? "" : "/", name) < 0)
         return vm_error(ENOMEM, "out of memory"), NULL;
     return path;
+}
+
+/* The directory PATH is in ("/" for the top's children), malloc'd. */
+static char *parent_path(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : NULL;
+    if (!dir)
+        vm_error(ENOMEM, "out of memory");
+    return dir;
 }
 
 /* The filesystem index of N in plug P, or -1 (ENOENT). */
@@ -38,49 +50,62 @@ static int guest_lookup(const struct node *dir, const char *name, struct node_id
     /* Buffers the caller copies into the node before this thread looks up again. */
     static __thread char *path;
     static __thread struct stat st;
-    static __thread struct vm_xattrs xattrs;
     free(path);
-    free(xattrs.data);
-    xattrs.data = NULL;
     path = child_path(dir, name);
     int r = fs < 0 || !path ? -1 : vm_guest_lstat(p, fs, path, &st);
-    if (r == 0)
-        r = vm_guest_xattrs(p, fs, path, &xattrs);
     vm_plug_unref(p);
     if (r < 0)
         return -1;
     *child = node_identity(dir);
     child->path = path;
     child->st = &st;
-    child->xattrs = &xattrs;
+    child->xattrs = NULL; /* see guest_load_xattrs */
     return 0;
 }
 
-static int guest_readdir(const struct node *dir, struct dir_list *list)
+/* A directory's names come first (ls0: one round trip, however many), and
+ * the attributes of a window of them at a time (lstatnslist), as READDIR
+ * reaches them: a directory of any size costs a bounded amount here. */
+static int guest_names(const struct node *dir, struct vm_names **out)
 {
     struct vm_plug *p = node_plug(dir);
     if (!p)
         return -1;
     int fs = fs_of(dir, p);
-    struct vm_guest_dir *d = fs < 0 ? NULL : vm_guest_readdir(p, fs, dir->path);
+    *out = fs < 0 ? NULL : vm_guest_names(p, fs, dir->path);
     vm_plug_unref(p);
-    if (!d)
+    return *out ? 0 : -1;
+}
+
+static int guest_list_range(const struct node *dir, char *const *names, size_t count,
+                            struct dir_list *list)
+{
+    struct vm_plug *p = node_plug(dir);
+    if (!p)
         return -1;
-    int r = 0;
-    for (size_t i = 0; i < d->n && r == 0; i++) {
-        char *path = child_path(dir, d->v[i].name);
-        if (!path) {
-            r = -1;
-            break;
+    int fs = fs_of(dir, p);
+    CLEANUP_FREE struct stat *st = calloc(count ? count : 1, sizeof *st);
+    int r = fs < 0 ? -1 : 0;
+    if (r == 0 && !st)
+        r = vm_error(ENOMEM, "out of memory");
+    if (r == 0)
+        r = vm_guest_lstat_list(p, fs, dir->path, names, count, st);
+    vm_plug_unref(p);
+    for (size_t i = 0; i < count && r == 0; i++) {
+        if (st[i].st_mode == 0) {
+            r = dir_list_add_gone(list, names[i]);
+            continue;
         }
+        char *path = child_path(dir, names[i]);
+        if (!path)
+            return -1;
         struct node_id id = node_identity(dir);
         id.path = path;
-        id.st = &d->v[i].st;
-        id.xattrs = &d->v[i].xattrs;
-        r = dir_list_add(list, &id, d->v[i].name);
+        id.st = &st[i];
+        id.xattrs = NULL; /* see guest_load_xattrs */
+        r = dir_list_add(list, &id, names[i]);
         free(path);
     }
-    vm_guest_dir_free(d);
     return r;
 }
 
@@ -143,12 +168,51 @@ static char *guest_readlink(const struct node *n)
     return target;
 }
 
+/* Extended attributes are fetched when first asked for, not with the
+ * listing (find, rsync -a and tar never ask), and then for every child of
+ * the same directory the kernel knows: `ls -l` and `getfattr -R` ask for
+ * each in turn.  The kernel does not cache them; this table does. */
+#define XATTR_BATCH 4000
+
+static int guest_load_xattrs(const struct node *n)
+{
+    struct vm_plug *p = node_plug(n);
+    if (!p)
+        return -1;
+    int fs = fs_of(n, p), r = fs < 0 ? -1 : 0;
+    if (r == 0 && strcmp(n->path, "/") == 0) {
+        struct vm_xattrs x;
+        r = vm_guest_xattrs(p, fs, "/", &x);
+        if (r == 0)
+            inode_set_xattrs(n->ino, &x);
+    } else if (r == 0) {
+        CLEANUP_FREE fuse_ino_t *inos = calloc(XATTR_BATCH, sizeof *inos);
+        CLEANUP_FREE char **names = calloc(XATTR_BATCH, sizeof *names);
+        CLEANUP_FREE struct vm_xattrs *x = calloc(XATTR_BATCH, sizeof *x);
+        size_t count = inos && names && x ? inode_xattrs_wanted(n, inos, names, XATTR_BATCH) : 0;
+        CLEANUP_FREE char *dir = parent_path(n->path);
+        if (count == 0 && !node_xattrs_known(n))
+            r = vm_error(ENOMEM, "out of memory");
+        else if (count)
+            r = dir ? vm_guest_xattrs_list(p, fs, dir, names, count, x) : -1;
+        for (size_t i = 0; i < count; i++) {
+            if (r == 0)
+                inode_set_xattrs(inos[i], &x[i]);
+            free(names[i]);
+        }
+    }
+    vm_plug_unref(p);
+    return r;
+}
+
 const struct node_ops node_guest_ops = {
     .getattr = guest_getattr,
     .lookup = guest_lookup,
-    .readdir = guest_readdir,
+    .names = guest_names,
+    .list_range = guest_list_range,
     .open = guest_open,
     .read = guest_read,
     .release = guest_release,
     .readlink = guest_readlink,
+    .load_xattrs = guest_load_xattrs,
 };

@@ -29,11 +29,8 @@ const struct node_ops *node_ops_of(enum node_kind kind)
     return kinds[kind];
 }
 
-int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name)
+static int dir_list_grow(struct dir_list *l)
 {
-    fuse_ino_t ino = inode_number(id);
-    if (!ino)
-        return -1;
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 16;
         struct dir_entry *v = realloc(l->v, cap * sizeof *v);
@@ -42,6 +39,28 @@ int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name)
         l->v = v;
         l->cap = cap;
     }
+    return 0;
+}
+
+int dir_list_add_gone(struct dir_list *l, const char *name)
+{
+    if (dir_list_grow(l) < 0)
+        return -1;
+    struct dir_entry *e = &l->v[l->n];
+    memset(e, 0, sizeof *e);
+    e->gone = true;
+    e->name = strdup(name);
+    if (!e->name)
+        return vm_error(ENOMEM, "out of memory");
+    l->n++;
+    return 0;
+}
+
+int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name)
+{
+    fuse_ino_t ino = inode_number(id);
+    if (!ino || dir_list_grow(l) < 0)
+        return -1;
     struct dir_entry *e = &l->v[l->n];
     memset(e, 0, sizeof *e);
     e->name = strdup(name);
@@ -63,6 +82,7 @@ int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name)
     e->id.path = e->path;
     e->id.st = NULL;
     e->id.xattrs = NULL;
+    e->has_xattrs = id->xattrs != NULL;
     if (id->xattrs && id->xattrs->len) {
         e->xattrs.data = malloc(id->xattrs->len);
         if (e->xattrs.data) {
@@ -86,7 +106,7 @@ struct node_id dir_list_entry_id(struct dir_entry *e)
 {
     struct node_id id = e->id;
     id.st = e->has_st ? &e->st : NULL;
-    id.xattrs = &e->xattrs;
+    id.xattrs = e->has_xattrs ? &e->xattrs : NULL;
     return id;
 }
 

@@ -96,15 +96,33 @@ static void close_plug(struct vm_plug *p)
     }
 }
 
+/* An open directory.  Offsets are entry indexes: 0 = start, i + 1 = after
+ * entry i; 0 and 1 are "." and "..".  A directory of the tree is listed
+ * whole; a guest's holds its names and a window of entries with their
+ * attributes, so that 100 000 entries cost their names and one window. */
 struct open_dir {
-    struct dir_list list;
+    struct dir_list list; /* entries base .. base + list.n */
+    size_t base;
+    size_t total;
+    struct vm_names *names; /* a guest directory's: entry i + 2 is names->v[i] */
     struct vm_plug *plug;
     bool listed; /* the listing is taken at the first READDIR (see op_opendir) */
 };
 
+#define DIR_WINDOW 4000
+
 static struct node *find_node(fuse_ino_t ino);
 
-/* Take D's listing of directory N now, if it has not been taken yet. */
+/* Put "." and ".." (the first two entries) of N into D's list. */
+static int list_dots(struct open_dir *d, struct node *n)
+{
+    struct node_id self = node_identity(n);
+    struct node *parent = find_node(n->parent);
+    struct node_id up = parent ? node_identity(parent) : self;
+    return dir_list_add(&d->list, &self, ".") < 0 || dir_list_add(&d->list, &up, "..") < 0 ? -1 : 0;
+}
+
+/* Take D's listing of directory INO now, if it has not been taken yet. */
 static int take_listing(struct open_dir *d, fuse_ino_t ino)
 {
     if (d->listed)
@@ -112,16 +130,49 @@ static int take_listing(struct open_dir *d, fuse_ino_t ino)
     struct node *n = find_node(ino);
     if (!n)
         return -1;
-    struct node_id self = node_identity(n);
-    struct node *parent = find_node(n->parent);
-    struct node_id up = parent ? node_identity(parent) : self;
-    if (dir_list_add(&d->list, &self, ".") < 0 || dir_list_add(&d->list, &up, "..") < 0 ||
-        node_ops_of(n->kind)->readdir(n, &d->list) < 0) {
-        dir_list_free(&d->list);
-        return -1;
+    const struct node_ops *ops = node_ops_of(n->kind);
+    if (ops->names) {
+        if (ops->names(n, &d->names) < 0)
+            return -1;
+        d->total = 2 + d->names->n;
+        d->base = d->total; /* an empty window */
+    } else {
+        if (list_dots(d, n) < 0 || ops->readdir(n, &d->list) < 0) {
+            dir_list_free(&d->list);
+            return -1;
+        }
+        d->total = d->list.n;
     }
     d->listed = true;
     return 0;
+}
+
+/* Entry I of D (I < d->total), its window taken if need be; NULL with an error recorded. */
+static struct dir_entry *dir_entry_at(struct open_dir *d, fuse_ino_t ino, size_t i)
+{
+    if (i >= d->base && i - d->base < d->list.n)
+        return &d->list.v[i - d->base];
+    struct node *n = find_node(ino);
+    if (!n)
+        return NULL;
+    dir_list_free(&d->list);
+    d->base = i;
+    size_t first = i < 2 ? 0 : i - 2;
+    size_t count = d->names->n - first < DIR_WINDOW ? d->names->n - first : DIR_WINDOW;
+    if (i < 2) {
+        d->base = 0;
+        if (list_dots(d, n) < 0)
+            goto fail;
+    }
+    if (node_ops_of(n->kind)->list_range(n, d->names->v + first, count, &d->list) < 0)
+        goto fail;
+    if (i - d->base < d->list.n)
+        return &d->list.v[i - d->base];
+    vm_error(EIO, "listing of %s is short", n->name);
+fail:
+    dir_list_free(&d->list);
+    d->base = d->total;
+    return NULL;
 }
 
 struct open_file {
@@ -205,7 +256,8 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         vm_error(ENOMEM, "out of memory");
         return reply_error(req, "opendir");
     }
-    if (open_plug(n, &d->plug) < 0 || (n->kind != NODE_GUEST && take_listing(d, ino) < 0)) {
+    if (open_plug(n, &d->plug) < 0 || (!node_ops_of(n->kind)->names && take_listing(d, ino) < 0)) {
+        vm_names_free(d->names);
         close_plug(d->plug);
         free(d);
         return reply_error(req, "opendir");
@@ -225,18 +277,24 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     struct open_dir *d = (struct open_dir *)(uintptr_t)fi->fh;
     if (take_listing(d, ino) < 0)
         return reply_error(req, "readdir");
-    struct dir_list *list = &d->list;
     CLEANUP_FREE char *buf = malloc(size);
     if (!buf) {
         vm_error(ENOMEM, "out of memory");
         return reply_error(req, "readdir");
     }
     size_t used = 0;
-    /* Offsets: 0 = start, i + 1 = after entry i. */
-    for (size_t i = (size_t)off; i < list->n; i++) {
-        struct stat st = {.st_ino = list->v[i].ino, .st_mode = list->v[i].type};
+    for (size_t i = (size_t)off; i < d->total; i++) {
+        struct dir_entry *de = dir_entry_at(d, ino, i);
+        if (!de) {
+            if (used)
+                break;
+            return reply_error(req, "readdir");
+        }
+        if (de->gone)
+            continue;
+        struct stat st = {.st_ino = de->ino, .st_mode = de->type};
         size_t need =
-            fuse_add_direntry(req, buf + used, size - used, list->v[i].name, &st, (off_t)(i + 1));
+            fuse_add_direntry(req, buf + used, size - used, de->name, &st, (off_t)(i + 1));
         if (need > size - used)
             break;
         used += need;
@@ -252,15 +310,21 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
     struct open_dir *d = (struct open_dir *)(uintptr_t)fi->fh;
     if (take_listing(d, ino) < 0)
         return reply_error(req, "readdirplus");
-    struct dir_list *list = &d->list;
     CLEANUP_FREE char *buf = malloc(size);
     if (!buf) {
         vm_error(ENOMEM, "out of memory");
         return reply_error(req, "readdirplus");
     }
     size_t used = 0;
-    for (size_t i = (size_t)off; i < list->n; i++) {
-        struct dir_entry *de = &list->v[i];
+    for (size_t i = (size_t)off; i < d->total; i++) {
+        struct dir_entry *de = dir_entry_at(d, ino, i);
+        if (!de) {
+            if (used)
+                break;
+            return reply_error(req, "readdirplus");
+        }
+        if (de->gone)
+            continue;
         struct fuse_entry_param e = {.attr_timeout = ATTR_TIMEOUT, .entry_timeout = ENTRY_TIMEOUT};
         bool dots = i < 2; /* "." and "..": no lookup count for those */
         size_t need = fuse_add_direntry_plus(req, NULL, 0, de->name, NULL, 0);
@@ -289,6 +353,7 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
     struct open_dir *d = (struct open_dir *)(uintptr_t)fi->fh;
     close_plug(d->plug);
     dir_list_free(&d->list);
+    vm_names_free(d->names);
     free(d);
     fuse_reply_err(req, 0);
 }
@@ -464,18 +529,28 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
     reply_refused(req, EROFS, "removexattr", name);
 }
 
-/* Extended attributes: a guest file's, taken with its listing; the tree's
- * own objects have none.  Answered from memory: the kernel asks on every
- * `ls -l` and caches nothing. */
-static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+/* N, with its extended attributes known; NULL with an error recorded. */
+static struct node *with_xattrs(fuse_ino_t ino)
 {
     struct node *n = find_node(ino);
+    const struct node_ops *ops = n ? node_ops_of(n->kind) : NULL;
+    if (n && ops->load_xattrs && !node_xattrs_known(n) && ops->load_xattrs(n) < 0)
+        return NULL;
+    return n;
+}
+
+/* Extended attributes: a guest file's, fetched at the first question about
+ * one in its directory; the tree's own objects have none.  Answered from
+ * memory: the kernel asks on every `ls -l` and caches nothing. */
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    struct node *n = with_xattrs(ino);
     if (!n)
         return reply_error(req, "getxattr");
     size_t pos = 0;
     const char *xname, *value;
     uint32_t len;
-    while (n->kind == NODE_GUEST && vm_xattrs_next(&n->xattrs, &pos, &xname, &value, &len)) {
+    while (node_xattrs_known(n) && vm_xattrs_next(&n->xattrs, &pos, &xname, &value, &len)) {
         if (strcmp(xname, name) != 0)
             continue;
         if (size == 0)
@@ -489,13 +564,13 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-    struct node *n = find_node(ino);
+    struct node *n = with_xattrs(ino);
     if (!n)
         return reply_error(req, "listxattr");
     size_t total = 0, pos = 0;
     const char *xname, *value;
     uint32_t len;
-    while (n->kind == NODE_GUEST && vm_xattrs_next(&n->xattrs, &pos, &xname, &value, &len))
+    while (node_xattrs_known(n) && vm_xattrs_next(&n->xattrs, &pos, &xname, &value, &len))
         total += strlen(xname) + 1;
     if (size == 0)
         return (void)fuse_reply_xattr(req, total);
@@ -506,7 +581,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
         return (void)fuse_reply_err(req, ENOMEM);
     size_t off = 0;
     pos = 0;
-    while (n->kind == NODE_GUEST && vm_xattrs_next(&n->xattrs, &pos, &xname, &value, &len)) {
+    while (node_xattrs_known(n) && vm_xattrs_next(&n->xattrs, &pos, &xname, &value, &len)) {
         memcpy(buf + off, xname, strlen(xname) + 1);
         off += strlen(xname) + 1;
     }

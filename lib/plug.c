@@ -1404,12 +1404,12 @@ static guestfs_h *use(struct vm_plug *p)
     return vm_appliance_handle(p->appliance);
 }
 
-ssize_t vm_plug_image_pread(struct vm_plug *p, char *buf, size_t size, int64_t offset)
+/* SIZE bytes at OFFSET of file or device PATH in P's appliance, VM_MAX_PREAD
+ * per round trip (NOTES.md: the fastest); short at its end.  WHAT names it
+ * in an error. */
+static ssize_t pread_all(struct vm_plug *p, const char *path, bool device, const char *what,
+                         char *buf, size_t size, int64_t offset)
 {
-    if (offset >= p->size)
-        return 0;
-    if ((int64_t)size > p->size - offset)
-        size = (size_t)(p->size - offset);
     guestfs_h *g = use(p);
     if (!g)
         return -1;
@@ -1418,21 +1418,31 @@ ssize_t vm_plug_image_pread(struct vm_plug *p, char *buf, size_t size, int64_t o
     while (got < size) {
         size_t want = size - got > VM_MAX_PREAD ? VM_MAX_PREAD : size - got;
         size_t n;
-        char *data = p->image_path
-                         ? guestfs_pread(g, p->image_path, (int)want, offset + (int64_t)got, &n)
-                         : guestfs_pread_device(g, p->device, (int)want, offset + (int64_t)got, &n);
+        char *data = device ? guestfs_pread_device(g, path, (int)want, offset + (int64_t)got, &n)
+                            : guestfs_pread(g, path, (int)want, offset + (int64_t)got, &n);
         if (!data) {
-            r = gfs_error(g, "read of the disk image failed");
+            r = gfs_error(g, what);
             break;
         }
         memcpy(buf + got, data, n);
         free(data);
         got += n;
-        if (n == 0)
+        if (n < want)
             break;
     }
     vm_appliance_handle_release(p->appliance);
     return r < 0 ? -1 : (ssize_t)got;
+}
+
+ssize_t vm_plug_image_pread(struct vm_plug *p, char *buf, size_t size, int64_t offset)
+{
+    if (offset >= p->size)
+        return 0;
+    if ((int64_t)size > p->size - offset)
+        size = (size_t)(p->size - offset);
+    /* Through the disk's devtmpfs node when there is one (see NOTES.md). */
+    const char *path = p->image_path ? p->image_path : p->device;
+    return pread_all(p, path, !p->image_path, "read of the disk image failed", buf, size, offset);
 }
 
 static char *guest_path(const struct vm_plug *p, int fs, const char *path)
@@ -1483,18 +1493,6 @@ int vm_guest_lstat(struct vm_plug *p, int fs, const char *path, struct stat *st)
     }
     vm_appliance_handle_release(p->appliance);
     return r;
-}
-
-void vm_guest_dir_free(struct vm_guest_dir *d)
-{
-    if (!d)
-        return;
-    for (size_t i = 0; i < d->n; i++) {
-        free(d->v[i].name);
-        free(d->v[i].xattrs.data);
-    }
-    free(d->v);
-    free(d);
 }
 
 bool vm_xattrs_next(const struct vm_xattrs *x, size_t *pos, const char **name, const char **value,
@@ -1574,84 +1572,140 @@ int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out)
     return r;
 }
 
-/* Attributes in batches: each reply is capped at 4 MiB (~20 000 lstatns). */
-#define ATTR_BATCH 4000
-
-/* The names in directory GP, streamed with ls0 (a readdir reply is capped at
- * 4 MiB: ~100 000 names would not fit) into a memfd, then read back. */
-static int list_names(guestfs_h *g, const char *gp, const char *path, struct vm_guest_dir *d)
-{
-    int fd = memfd_create("virtmount-ls0", MFD_CLOEXEC);
-    if (fd < 0)
-        return vm_error(errno, "memfd_create: %s", strerror(errno));
-    char proc[64];
-    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-    if (guestfs_ls0(g, gp, proc) < 0) {
-        close(fd);
-        return gfs_error(g, path);
-    }
-    struct stat st;
-    fstat(fd, &st);
-    char *names = st.st_size ? malloc((size_t)st.st_size) : NULL;
-    if (st.st_size && (!names || pread(fd, names, (size_t)st.st_size, 0) != st.st_size)) {
-        free(names);
-        close(fd);
-        return vm_error(EIO, "cannot read the listing of %s", path);
-    }
-    close(fd);
-    size_t count = 0;
-    for (off_t i = 0; i < st.st_size; i++)
-        count += names[i] == '\0';
-    d->v = calloc(count ? count : 1, sizeof *d->v);
-    for (off_t i = 0; d->v && i < st.st_size;) {
-        const char *name = names + i;
-        size_t len = strnlen(name, (size_t)(st.st_size - i));
-        if (len && strcmp(name, ".") && strcmp(name, ".."))
-            d->v[d->n++].name = strndup(name, len);
-        i += (off_t)len + 1;
-    }
-    free(names);
-    return d->v ? 0 : vm_error(ENOMEM, "out of memory");
-}
-
-struct vm_guest_dir *vm_guest_readdir(struct vm_plug *p, int fs, const char *path)
+/* The names in directory PATH, streamed with ls0 (a readdir reply is capped
+ * at 4 MiB: ~100 000 names would not fit) into a memfd, then read back into
+ * one block: a name costs its length and a pointer, whatever the count. */
+struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path)
 {
     CLEANUP_FREE char *gp = guest_path(p, fs, path);
     if (!gp)
         return NULL;
-    struct vm_guest_dir *d = calloc(1, sizeof *d);
-    if (!d)
-        return vm_error(ENOMEM, "out of memory"), NULL;
+    int fd = memfd_create("virtmount-ls0", MFD_CLOEXEC);
+    if (fd < 0)
+        return vm_error(errno, "memfd_create: %s", strerror(errno)), NULL;
     guestfs_h *g = use(p);
     if (!g) {
-        free(d);
+        close(fd);
         return NULL;
     }
-    int r = list_names(g, gp, path, d);
-    for (size_t start = 0; r == 0 && start < d->n; start += ATTR_BATCH) {
-        size_t count = d->n - start < ATTR_BATCH ? d->n - start : ATTR_BATCH;
-        char **names = calloc(count + 1, sizeof *names);
-        if (!names) {
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    int r = guestfs_ls0(g, gp, proc) < 0 ? gfs_error(g, path) : 0;
+    vm_appliance_handle_release(p->appliance);
+    struct stat st;
+    struct vm_names *names = r < 0 || fstat(fd, &st) < 0 ? NULL : calloc(1, sizeof *names);
+    if (names && st.st_size) {
+        names->blob = malloc((size_t)st.st_size + 1);
+        if (!names->blob || pread(fd, names->blob, (size_t)st.st_size, 0) != st.st_size) {
+            vm_names_free(names);
+            names = NULL;
+            vm_error(EIO, "cannot read the listing of %s", path);
+        }
+    } else if (r == 0 && !names) {
+        vm_error(ENOMEM, "out of memory");
+    }
+    close(fd);
+    if (!names || !st.st_size)
+        return names;
+    names->blob[st.st_size] = '\0';
+    size_t count = 0;
+    for (off_t i = 0; i < st.st_size; i++)
+        count += names->blob[i] == '\0';
+    names->v = malloc((count ? count : 1) * sizeof *names->v);
+    if (!names->v) {
+        vm_names_free(names);
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    }
+    for (off_t i = 0; i < st.st_size;) {
+        char *name = names->blob + i;
+        size_t len = strlen(name);
+        if (len && strcmp(name, ".") && strcmp(name, ".."))
+            names->v[names->n++] = name;
+        i += (off_t)len + 1;
+    }
+    return names;
+}
+
+void vm_names_free(struct vm_names *names)
+{
+    if (!names)
+        return;
+    free(names->v);
+    free(names->blob);
+    free(names);
+}
+
+/* Attributes in batches: each reply is capped at 4 MiB (~20 000 lstatns). */
+#define ATTR_BATCH 4000
+
+int vm_guest_lstat_list(struct vm_plug *p, int fs, const char *dir, char *const *names, size_t n,
+                        struct stat *out)
+{
+    CLEANUP_FREE char *gp = guest_path(p, fs, dir);
+    if (!gp)
+        return -1;
+    guestfs_h *g = use(p);
+    if (!g)
+        return -1;
+    int r = 0;
+    for (size_t start = 0; r == 0 && start < n; start += ATTR_BATCH) {
+        size_t count = n - start < ATTR_BATCH ? n - start : ATTR_BATCH;
+        char **batch = calloc(count + 1, sizeof *batch);
+        if (!batch) {
             r = vm_error(ENOMEM, "out of memory");
             break;
         }
-        for (size_t i = 0; i < count; i++)
-            names[i] = d->v[start + i].name;
-        struct guestfs_statns_list *sl = guestfs_lstatnslist(g, gp, names);
+        memcpy(batch, names + start, count * sizeof *batch);
+        struct guestfs_statns_list *sl = guestfs_lstatnslist(g, gp, batch);
+        free(batch);
         if (!sl) {
-            r = gfs_error(g, path);
-            free(names);
+            r = gfs_error(g, dir);
             break;
         }
-        for (size_t i = 0; i < count && i < sl->len; i++)
-            statns_to_stat(&sl->val[i], &d->v[start + i].st);
+        /* A name that is gone has st_ino -1 (it cannot be, on a plugged disk): st_mode 0. */
+        for (size_t i = 0; i < count; i++)
+            if (i < sl->len && sl->val[i].st_ino != -1)
+                statns_to_stat(&sl->val[i], &out[start + i]);
+            else
+                memset(&out[start + i], 0, sizeof out[start + i]);
         guestfs_free_statns_list(sl);
-        /* Extended attributes too: the kernel does not cache them, and `ls -l`
-         * asks for them on every file; answered from memory from now on. */
+    }
+    vm_appliance_handle_release(p->appliance);
+    return r;
+}
+
+/* Extended attributes are not part of a listing: find, rsync -a and tar never
+ * ask for them, and they cost more than the attributes themselves.  They
+ * come, a directory's worth at a time, when something asks for one. */
+int vm_guest_xattrs_list(struct vm_plug *p, int fs, const char *dir, char *const *names, size_t n,
+                         struct vm_xattrs *out)
+{
+    memset(out, 0, n * sizeof *out);
+    CLEANUP_FREE char *gp = guest_path(p, fs, dir);
+    if (!gp)
+        return -1;
+    guestfs_h *g = use(p);
+    if (!g)
+        return -1;
+    int r = 0;
+    for (size_t start = 0; r == 0 && start < n; start += ATTR_BATCH) {
+        size_t count = n - start < ATTR_BATCH ? n - start : ATTR_BATCH;
+        char **batch = calloc(count + 1, sizeof *batch);
+        if (!batch) {
+            r = vm_error(ENOMEM, "out of memory");
+            break;
+        }
+        memcpy(batch, names + start, count * sizeof *batch);
         guestfs_push_error_handler(g, NULL, NULL);
-        struct guestfs_xattr_list *xl = guestfs_lxattrlist(g, gp, names);
+        struct guestfs_xattr_list *xl = guestfs_lxattrlist(g, gp, batch);
         guestfs_pop_error_handler(g);
-        free(names);
+        free(batch);
+        /* A filesystem without xattrs (vfat) says so: that is "none". */
+        int err = xl ? 0 : guestfs_last_errno(g);
+        if (!xl && err != ENOTSUP && err != EOPNOTSUPP && err != ENODATA) {
+            r = gfs_error(g, dir);
+            break;
+        }
         /* The list is, per file, a header (empty name, value: the count) and its attributes. */
         size_t file = start;
         for (uint32_t i = 0; xl && i < xl->len && file < start + count;) {
@@ -1661,48 +1715,28 @@ struct vm_guest_dir *vm_guest_readdir(struct vm_plug *p, int fs, const char *pat
             unsigned long nattrs = h->attrname[0] ? 0 : strtoul(num, NULL, 10);
             i++;
             for (unsigned long k = 0; k < nattrs && i < xl->len; k++, i++)
-                xattrs_add(&d->v[file].xattrs, xl->val[i].attrname, xl->val[i].attrval,
-                           xl->val[i].attrval_len);
+                if (xattrs_add(&out[file], xl->val[i].attrname, xl->val[i].attrval,
+                               xl->val[i].attrval_len) < 0)
+                    r = -1;
             file++;
         }
         if (xl)
             guestfs_free_xattr_list(xl);
     }
     vm_appliance_handle_release(p->appliance);
-    if (r < 0) {
-        vm_guest_dir_free(d);
-        return NULL;
-    }
-    return d;
+    if (r < 0)
+        for (size_t i = 0; i < n; i++) {
+            free(out[i].data);
+            out[i] = (struct vm_xattrs){0};
+        }
+    return r;
 }
 
 ssize_t vm_guest_pread(struct vm_plug *p, int fs, const char *path, char *buf, size_t size,
                        int64_t offset)
 {
     CLEANUP_FREE char *gp = guest_path(p, fs, path);
-    if (!gp)
-        return -1;
-    guestfs_h *g = use(p);
-    if (!g)
-        return -1;
-    size_t got = 0;
-    ssize_t r = 0;
-    while (got < size) {
-        size_t want = size - got > VM_MAX_PREAD ? VM_MAX_PREAD : size - got;
-        size_t n;
-        char *data = guestfs_pread(g, gp, (int)want, offset + (int64_t)got, &n);
-        if (!data) {
-            r = gfs_error(g, path);
-            break;
-        }
-        memcpy(buf + got, data, n);
-        free(data);
-        got += n;
-        if (n < want)
-            break;
-    }
-    vm_appliance_handle_release(p->appliance);
-    return r < 0 ? -1 : (ssize_t)got;
+    return gp ? pread_all(p, gp, false, path, buf, size, offset) : -1;
 }
 
 char *vm_guest_readlink(struct vm_plug *p, int fs, const char *path)

@@ -268,22 +268,32 @@ struct vm_xattrs {
 bool vm_xattrs_next(const struct vm_xattrs *x, size_t *pos, const char **name, const char **value,
                     uint32_t *value_len);
 
-/** A directory of a guest filesystem with every entry's attributes. */
-struct vm_guest_dir {
+/** The names in a guest directory, "." and ".." left out. */
+struct vm_names {
     size_t n;
-    struct vm_guest_entry {
-        char *name;
-        struct stat st;
-        struct vm_xattrs xattrs;
-    } * v;
+    char **v;   /* into blob */
+    char *blob; /* the names, NUL-terminated, one after the other */
 };
 int vm_guest_lstat(struct vm_plug *p, int fs, const char *path, struct stat *st);
 /** PATH's extended attributes (none is not an error). */
 int vm_guest_xattrs(struct vm_plug *p, int fs, const char *path, struct vm_xattrs *out);
+/**
+ * The extended attributes of N entries NAMES of directory DIR, into OUT[N]
+ * (zeroed first), in as few round trips as the appliance allows.
+ */
+int vm_guest_xattrs_list(struct vm_plug *p, int fs, const char *dir, char *const *names, size_t n,
+                         struct vm_xattrs *out);
 /** statvfs of the guest filesystem FS. */
 int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out);
-struct vm_guest_dir *vm_guest_readdir(struct vm_plug *p, int fs, const char *path);
-void vm_guest_dir_free(struct vm_guest_dir *d);
+/** The names in directory PATH, however many (ls0). */
+struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path);
+void vm_names_free(struct vm_names *names);
+/**
+ * The attributes of N entries NAMES of directory DIR into OUT[N], in as few
+ * round trips as the appliance allows; one that is gone gets st_mode 0.
+ */
+int vm_guest_lstat_list(struct vm_plug *p, int fs, const char *dir, char *const *names, size_t n,
+                        struct stat *out);
 ssize_t vm_guest_pread(struct vm_plug *p, int fs, const char *path, char *buf, size_t size,
                        int64_t offset);
 char *vm_guest_readlink(struct vm_plug *p, int fs, const char *path);
