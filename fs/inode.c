@@ -9,6 +9,7 @@
 #include "fs.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -49,8 +50,8 @@ bool node_xattrs_known(const struct node *n)
     return n->kind == NODE_GUEST && __atomic_load_n(&n->xattrs_known, __ATOMIC_ACQUIRE);
 }
 
-/* Children lists: a directory's known children, for fetching their
- * extended attributes together. */
+/* Children lists: a directory's known children whose extended attributes
+ * are not known yet, for fetching those together. */
 static void kid_unlink(struct node *n)
 {
     if (!n->up)
@@ -67,7 +68,7 @@ static void kid_unlink(struct node *n)
 static void kid_link(struct node *n, struct node *up)
 {
     kid_unlink(n);
-    if (!up || up == n)
+    if (!up || up == n || node_xattrs_known(n))
         return;
     n->up = up;
     n->kid_next = up->kids;
@@ -238,9 +239,11 @@ static void *trim_thread(void *arg)
         pthread_mutex_unlock(&table_lock);
         fs_forget_entries(v, n);
         free(v);
-        /* The kernel's FORGETs come back asynchronously; let them. */
+        /* The kernel's FORGETs come back asynchronously; let them, then
+         * give what the freed nodes held back to the system. */
         struct timespec ts = {0, 200 * 1000 * 1000};
         nanosleep(&ts, NULL);
+        malloc_trim(0);
         pthread_mutex_lock(&table_lock);
     }
     pthread_mutex_unlock(&table_lock);
@@ -250,6 +253,16 @@ static void *trim_thread(void *arg)
 void inode_set_cache_limit(size_t bytes)
 {
     cache_limit = bytes;
+}
+
+/* Half again the limit: the trimmer keeps a walk of ordinary directories
+ * under it, but not one directory larger than the cache, whose entries
+ * the kernel forgets only between two of its READDIRs (they hold the
+ * directory's lock, which invalidating an entry takes). */
+bool inode_cache_full(void)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    return guest_memory >= cache_limit + cache_limit / 2;
 }
 
 struct vm_host **inode_hosts(size_t *n)
@@ -367,17 +380,34 @@ void inode_forget(fuse_ino_t ino, uint64_t nlookup)
     }
 }
 
+/* The last part of guest path P when P is directly in directory DIR (LEN
+ * bytes of it), else NULL. */
+static const char *name_in(const char *p, const char *dir, size_t len)
+{
+    if (!p || strncmp(p, dir, len) != 0)
+        return NULL;
+    const char *rest = p + len;
+    if (len > 1 && *rest++ != '/')
+        return NULL;
+    return *rest && !strchr(rest, '/') ? rest : NULL;
+}
+
 size_t inode_xattrs_wanted(const struct node *n, fuse_ino_t *inos, char **names, size_t max)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    size_t count = 0;
-    if (max == 0 || node_xattrs_known(n) || !(names[0] = strdup(n->name)))
+    const char *slash = strrchr(n->path, '/');
+    if (max == 0 || node_xattrs_known(n) || !slash || !(names[0] = strdup(slash + 1)))
         return 0;
+    size_t count = 0, len = slash == n->path ? 1 : (size_t)(slash - n->path);
     inos[count++] = n->ino;
+    /* By path, not by name: a hard link's node has the path it was first
+     * seen at, and may be the child of another directory now.  Only nodes
+     * whose xattrs are not known are on these lists (inode_set_xattrs). */
     for (struct node *k = n->up ? n->up->kids : NULL; k && count < max; k = k->kid_next) {
-        if (k == n || k->kind != NODE_GUEST || node_xattrs_known(k) || k->parent != n->parent)
+        const char *name = k == n || k->kind != NODE_GUEST ? NULL : name_in(k->path, n->path, len);
+        if (!name || node_xattrs_known(k))
             continue;
-        if (!(names[count] = strdup(k->name)))
+        if (!(names[count] = strdup(name)))
             break;
         inos[count++] = k->ino;
     }
@@ -398,6 +428,7 @@ void inode_set_xattrs(fuse_ino_t ino, struct vm_xattrs *x)
     *x = (struct vm_xattrs){0};
     guest_memory += node_memory(n);
     __atomic_store_n(&n->xattrs_known, true, __ATOMIC_RELEASE);
+    kid_unlink(n); /* the lists are for finding those still unknown */
     if (guest_memory > cache_limit)
         pthread_cond_signal(&trim_cond);
 }

@@ -172,7 +172,7 @@ static char *guest_readlink(const struct node *n)
  * listing (find, rsync -a and tar never ask), and then for every child of
  * the same directory the kernel knows: `ls -l` and `getfattr -R` ask for
  * each in turn.  The kernel does not cache them; this table does. */
-#define XATTR_BATCH 4000
+#define XATTR_BATCH 1000
 
 static int guest_load_xattrs(const struct node *n)
 {
@@ -189,15 +189,21 @@ static int guest_load_xattrs(const struct node *n)
         CLEANUP_FREE fuse_ino_t *inos = calloc(XATTR_BATCH, sizeof *inos);
         CLEANUP_FREE char **names = calloc(XATTR_BATCH, sizeof *names);
         CLEANUP_FREE struct vm_xattrs *x = calloc(XATTR_BATCH, sizeof *x);
-        size_t count = inos && names && x ? inode_xattrs_wanted(n, inos, names, XATTR_BATCH) : 0;
+        CLEANUP_FREE bool *ok = calloc(XATTR_BATCH, sizeof *ok);
+        size_t count =
+            inos && names && x && ok ? inode_xattrs_wanted(n, inos, names, XATTR_BATCH) : 0;
         CLEANUP_FREE char *dir = parent_path(n->path);
         if (count == 0 && !node_xattrs_known(n))
             r = vm_error(ENOMEM, "out of memory");
         else if (count)
-            r = dir ? vm_guest_xattrs_list(p, fs, dir, names, count, x) : -1;
+            r = dir ? vm_guest_xattrs_list(p, fs, dir, names, count, x, ok) : -1;
+        /* One whose could not be read stays unknown: asked again next time. */
+        if (r == 0 && count && !ok[0])
+            r = vm_error(EIO, "cannot read the extended attributes of %s", n->path);
         for (size_t i = 0; i < count; i++) {
-            if (r == 0)
+            if (ok[i])
                 inode_set_xattrs(inos[i], &x[i]);
+            free(x[i].data);
             free(names[i]);
         }
     }

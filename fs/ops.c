@@ -109,7 +109,7 @@ struct open_dir {
     bool listed; /* the listing is taken at the first READDIR (see op_opendir) */
 };
 
-#define DIR_WINDOW 4000
+#define DIR_WINDOW 1000
 
 static struct node *find_node(fuse_ino_t ino);
 
@@ -330,7 +330,11 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
         size_t need = fuse_add_direntry_plus(req, NULL, 0, de->name, NULL, 0);
         if (need > size - used)
             break;
-        if (dots) {
+        if (dots || inode_cache_full()) {
+            /* With the cache full, an entry without a node: the kernel
+             * takes it as a plain dirent (no inode, no lookup count), and
+             * looks it up if it is stat'ed.  A directory larger than the
+             * cache costs no more memory than one that fits. */
             e.attr.st_ino = de->ino;
             e.attr.st_mode = de->type;
         } else {

@@ -182,7 +182,7 @@ int options_parse(int argc, char **argv, struct options *o, struct fuse_args *fu
         return vm_error(EINVAL, "no mountpoint given (see --help)");
     if (!o->statedir && !(o->statedir = strdup(VIRTMOUNT_STATEDIR)))
         return vm_error(ENOMEM, "out of memory");
-    if (fuse_opt_add_arg(fuse_args, "-osubtype=virtmount,fsname=virtmount") < 0 ||
+    if (fuse_opt_add_arg(fuse_args, "-osubtype=virtmount,fsname=virtmount,nodev,nosuid") < 0 ||
         (o->allow_other && fuse_opt_add_arg(fuse_args, "-odefault_permissions") < 0))
         return vm_error(ENOMEM, "out of memory");
     return 0;

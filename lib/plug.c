@@ -1605,8 +1605,16 @@ struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path)
         vm_error(ENOMEM, "out of memory");
     }
     close(fd);
-    if (!names || !st.st_size)
+    if (!names)
+        return NULL;
+    if (!st.st_size) {
+        /* An empty directory: still an array, for callers that index it. */
+        if (!(names->v = malloc(sizeof *names->v))) {
+            vm_names_free(names);
+            return vm_error(ENOMEM, "out of memory"), NULL;
+        }
         return names;
+    }
     names->blob[st.st_size] = '\0';
     size_t count = 0;
     for (off_t i = 0; i < st.st_size; i++)
@@ -1635,8 +1643,9 @@ void vm_names_free(struct vm_names *names)
     free(names);
 }
 
-/* Attributes in batches: each reply is capped at 4 MiB (~20 000 lstatns). */
-#define ATTR_BATCH 4000
+/* Attributes in batches of what libguestfs itself sends in one call (its
+ * LSTATNSLIST_MAX and LXATTRLIST_MAX): larger ones it splits anyway. */
+#define ATTR_BATCH 1000
 
 int vm_guest_lstat_list(struct vm_plug *p, int fs, const char *dir, char *const *names, size_t n,
                         struct stat *out)
@@ -1678,9 +1687,10 @@ int vm_guest_lstat_list(struct vm_plug *p, int fs, const char *dir, char *const 
  * ask for them, and they cost more than the attributes themselves.  They
  * come, a directory's worth at a time, when something asks for one. */
 int vm_guest_xattrs_list(struct vm_plug *p, int fs, const char *dir, char *const *names, size_t n,
-                         struct vm_xattrs *out)
+                         struct vm_xattrs *out, bool *ok)
 {
     memset(out, 0, n * sizeof *out);
+    memset(ok, 0, n * sizeof *ok);
     CLEANUP_FREE char *gp = guest_path(p, fs, dir);
     if (!gp)
         return -1;
@@ -1700,19 +1710,20 @@ int vm_guest_xattrs_list(struct vm_plug *p, int fs, const char *dir, char *const
         struct guestfs_xattr_list *xl = guestfs_lxattrlist(g, gp, batch);
         guestfs_pop_error_handler(g);
         free(batch);
-        /* A filesystem without xattrs (vfat) says so: that is "none". */
-        int err = xl ? 0 : guestfs_last_errno(g);
-        if (!xl && err != ENOTSUP && err != EOPNOTSUPP && err != ENODATA) {
+        if (!xl) {
             r = gfs_error(g, dir);
             break;
         }
-        /* The list is, per file, a header (empty name, value: the count) and its attributes. */
+        /* The list is, per file, a header (empty name, value: the count) and
+         * its attributes; a header without a value: that file's could not be
+         * read (a filesystem without xattrs, vfat, answers with a count of 0). */
         size_t file = start;
-        for (uint32_t i = 0; xl && i < xl->len && file < start + count;) {
+        for (uint32_t i = 0; i < xl->len && file < start + count;) {
             struct guestfs_xattr *h = &xl->val[i];
             char num[16] = "";
             memcpy(num, h->attrval, h->attrval_len < 15 ? h->attrval_len : 15);
             unsigned long nattrs = h->attrname[0] ? 0 : strtoul(num, NULL, 10);
+            ok[file] = !h->attrname[0] && h->attrval_len > 0;
             i++;
             for (unsigned long k = 0; k < nattrs && i < xl->len; k++, i++)
                 if (xattrs_add(&out[file], xl->val[i].attrname, xl->val[i].attrval,
@@ -1720,14 +1731,14 @@ int vm_guest_xattrs_list(struct vm_plug *p, int fs, const char *dir, char *const
                     r = -1;
             file++;
         }
-        if (xl)
-            guestfs_free_xattr_list(xl);
+        guestfs_free_xattr_list(xl);
     }
     vm_appliance_handle_release(p->appliance);
     if (r < 0)
         for (size_t i = 0; i < n; i++) {
             free(out[i].data);
             out[i] = (struct vm_xattrs){0};
+            ok[i] = false;
         }
     return r;
 }

@@ -279,10 +279,11 @@ int vm_guest_lstat(struct vm_plug *p, int fs, const char *path, struct stat *st)
 int vm_guest_xattrs(struct vm_plug *p, int fs, const char *path, struct vm_xattrs *out);
 /**
  * The extended attributes of N entries NAMES of directory DIR, into OUT[N]
- * (zeroed first), in as few round trips as the appliance allows.
+ * (zeroed first), in as few round trips as the appliance allows; OK[i]
+ * false: entry i's could not be read.
  */
 int vm_guest_xattrs_list(struct vm_plug *p, int fs, const char *dir, char *const *names, size_t n,
-                         struct vm_xattrs *out);
+                         struct vm_xattrs *out, bool *ok);
 /** statvfs of the guest filesystem FS. */
 int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out);
 /** The names in directory PATH, however many (ls0). */

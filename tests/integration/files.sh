@@ -210,6 +210,26 @@ files_ext4() {
     e2fsck -fn -- "$out" >/dev/null 2>&1 || fail "e2fsck finds $out damaged"
 }
 
+# files_flat OUT SIZE COUNT: a raw disk that is one ext4 filesystem with one
+# directory, flat/, of COUNT empty files n000000...: filled by the kernel
+# through a loop mount, as in files_ext4 (mke2fs -d would take minutes).
+files_flat() {
+    local out=$1 size=$2 count=$3 m=$VMT_DIR/loop-mnt
+    rm -f -- "$out"
+    mke2fs -q -F -t ext4 -N $(( count + 10000 )) -L flat -- "$out" "$size" >/dev/null ||
+        fail "mke2fs $out"
+    mkdir -p -- "$m"
+    unshare -m --propagation private bash -c '
+        set -e
+        mount -o loop -t ext4 -- "$1" "$2"
+        trap "cd / && umount -- \"\$2\"" EXIT
+        mkdir -- "$2/flat"
+        cd -- "$2/flat"
+        seq -f "n%06g" 0 $(( $3 - 1 )) | xargs touch' \
+        files-flat "$out" "$m" "$count" || fail "filling flat/ in $out through a loop mount"
+    rmdir -- "$m"
+}
+
 # files_xfs OUT SIZE TREE LABEL: a raw disk that is one XFS filesystem
 # holding TREE (many/ filled already: files_many), copied by rsync -aHAX
 # through a loop mount in a mount namespace of its own (as files_ext4).
@@ -597,23 +617,29 @@ files_tree_crowd() {
 
 # ---- memory ----------------------------------------------------------------------------
 
-# files_rss_walk PID DIR: walk DIR with find -ls while sampling PID's VmRSS
-# every 50 ms; sets RSS_BEFORE, RSS_PEAK, RSS_AFTER (KiB), WALK_MS and
-# WALK_COUNT (objects listed).
-files_rss_walk() {
-    local pid=$1 dir=$2 rss t0 fpid
+# files_rss_run PID OUT CMD...: run CMD (its output into OUT) while sampling
+# PID's VmRSS every 50 ms; sets RSS_BEFORE, RSS_PEAK, RSS_AFTER (KiB),
+# WALK_MS and WALK_COUNT (lines of output).
+files_rss_run() {
+    local pid=$1 out=$2 rss t0 fpid
+    shift 2
     RSS_BEFORE=$(files_rss_kib "$pid")
     RSS_PEAK=$RSS_BEFORE
     t0=$(now_us)
-    find "$dir" -ls > "$VMT_DIR/walk.out" 2> "$VMT_DIR/walk.err" &
+    "$@" > "$out" 2> "$out.err" &
     fpid=$!
     while pid_alive "$fpid"; do
         rss=$(files_rss_kib "$pid")
         (( rss > RSS_PEAK )) && RSS_PEAK=$rss
         sleep 0.05
     done
-    wait "$fpid" || fail "find -ls over $dir failed: $(head -n 5 "$VMT_DIR/walk.err")"
+    wait "$fpid" || fail "$* failed: $(head -n 5 "$out.err")"
     WALK_MS=$(( ($(now_us) - t0) / 1000 ))
-    WALK_COUNT=$(wc -l < "$VMT_DIR/walk.out")
+    WALK_COUNT=$(wc -l < "$out")
     RSS_AFTER=$(files_rss_kib "$pid")
+}
+
+# files_rss_walk PID DIR: files_rss_run with find -ls over DIR.
+files_rss_walk() {
+    files_rss_run "$1" "$VMT_DIR/walk.out" find "$2" -ls
 }
