@@ -75,12 +75,16 @@ enum node_kind {
 /** Who a node is.  Strings point into the node, or into the caller's buffers during a call. */
 struct node_id {
     enum node_kind kind;
-    struct vm_host *host;  /* NULL above hosts */
-    char uuid[37];         /* domain UUID from NODE_DOMAIN down, else "" */
-    const char *disk;      /* device name, for NODE_DEVICE, NODE_PLUGGED and below */
-    int file;              /* index of a file in its directory's table */
-    const char *fsname;    /* NODE_GUEST: the filesystem's directory (part1, whole, ...) */
-    const char *path;      /* NODE_GUEST: the path inside it, "/" for its top */
+    struct vm_host *host; /* NULL above hosts */
+    char uuid[37];        /* domain UUID from NODE_DOMAIN down, else "" */
+    const char *disk;     /* device name, for NODE_DEVICE, NODE_PLUGGED and below */
+    int file;             /* index of a file in its directory's table */
+    const char *fsname;   /* NODE_GUEST: the filesystem's directory (part1, whole, ...) */
+    const char *path;     /* NODE_GUEST: the path inside it, "/" for its top */
+    /* NODE_GUEST: the path of the volume it is in when that is not the
+     * filesystem's own top (a btrfs subvolume or snapshot: each numbers
+     * its inodes afresh), else NULL */
+    const char *volume;
     const struct stat *st; /* NODE_GUEST: the guest's attributes (st_ino: the guest's own) */
     const struct vm_xattrs *xattrs; /* NODE_GUEST: its extended attributes; NULL: not known yet */
 };
@@ -97,6 +101,7 @@ struct node {
     int file;
     char *fsname;
     char *path;
+    char *volume;
     struct stat st; /* NODE_GUEST: the guest's attributes; they cannot change while plugged */
     /* NODE_GUEST: likewise its extended attributes, once xattrs_known (set
      * once, atomically, by inode_set_xattrs: readers need no lock). */
@@ -167,7 +172,7 @@ struct dir_list {
         fuse_ino_t ino;
         mode_t type;       /* S_IFMT bits */
         struct node_id id; /* its strings point into the owned copies below */
-        char *disk, *fsname, *path;
+        char *disk, *fsname, *path, *volume;
         bool has_st, has_xattrs;
         bool gone; /* listed, but gone when its attributes were asked for */
         struct stat st;

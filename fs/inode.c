@@ -42,7 +42,8 @@ static size_t node_memory(const struct node *n)
 {
     return sizeof *n + (n->name ? strlen(n->name) + 1 : 0) + (n->path ? strlen(n->path) + 1 : 0) +
            (n->fsname ? strlen(n->fsname) + 1 : 0) + (n->disk ? strlen(n->disk) + 1 : 0) +
-           n->xattrs.len + 64 /* malloc overhead, the kernel's dentry is not ours */;
+           (n->volume ? strlen(n->volume) + 1 : 0) + n->xattrs.len +
+           64 /* malloc overhead, the kernel's dentry is not ours */;
 }
 
 bool node_xattrs_known(const struct node *n)
@@ -112,8 +113,9 @@ static int key_of(const struct node_id *id, char **key)
     const char *host = id->host ? vm_host_name(id->host) : "";
     int n;
     if (id->kind == NODE_GUEST)
-        n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%s\x1f%llu", kind_keys[id->kind], host, id->uuid,
-                     id->disk, id->fsname, (unsigned long long)id->st->st_ino);
+        n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%s%s%s\x1f%llu", kind_keys[id->kind], host,
+                     id->uuid, id->disk, id->fsname, id->volume ? "\x1f" : "",
+                     id->volume ? id->volume : "", (unsigned long long)id->st->st_ino);
     else
         n = asprintf(key, "%s\x1f%s\x1f%s\x1f%s\x1f%d", kind_keys[id->kind], host, id->uuid,
                      id->disk ? id->disk : "", id->file);
@@ -134,8 +136,11 @@ static fuse_ino_t guest_number(const struct node_id *id)
     if (guest >> GUEST_INO_BITS)
         return 0;
     CLEANUP_FREE char *key = NULL;
-    int len = asprintf(&key, "fs\x1f%s\x1f%s\x1f%s\x1f%s", vm_host_name(id->host), id->uuid,
-                       id->disk, id->fsname);
+    /* A volume inside the filesystem (a btrfs subvolume) numbers its inodes
+     * afresh: it is a filesystem of its own here, known by its path. */
+    int len =
+        asprintf(&key, "fs\x1f%s\x1f%s\x1f%s\x1f%s%s%s", vm_host_name(id->host), id->uuid, id->disk,
+                 id->fsname, id->volume ? "\x1f" : "", id->volume ? id->volume : "");
     if (len < 0)
         return 0;
     uint64_t fs = vm_ino_get(registry, key, (size_t)len);
@@ -168,6 +173,7 @@ struct node_id node_identity(const struct node *n)
                          .file = n->file,
                          .fsname = n->fsname,
                          .path = n->path,
+                         .volume = n->volume,
                          .st = n->kind == NODE_GUEST ? &n->st : NULL,
                          .xattrs = node_xattrs_known(n) ? &n->xattrs : NULL};
     memcpy(id.uuid, n->uuid, sizeof id.uuid);
@@ -192,6 +198,7 @@ static void node_free(struct node *n)
     free(n->disk);
     free(n->fsname);
     free(n->path);
+    free(n->volume);
     free(n->xattrs.data);
     free(n);
 }
@@ -329,6 +336,8 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
             n->fsname = strdup(id->fsname);
         if (id->path)
             n->path = strdup(id->path);
+        if (id->volume)
+            n->volume = strdup(id->volume);
         if (id->st)
             n->st = *id->st;
         if (id->xattrs && id->xattrs->len && (n->xattrs.data = malloc(id->xattrs->len))) {
@@ -337,7 +346,7 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
         }
         n->xattrs_known = id->xattrs && (!id->xattrs->len || n->xattrs.data);
         if (!n->name || (id->disk && !n->disk) || (id->fsname && !n->fsname) ||
-            (id->path && !n->path)) {
+            (id->path && !n->path) || (id->volume && !n->volume)) {
             node_free(n);
             return vm_error(ENOMEM, "out of memory"), NULL;
         }

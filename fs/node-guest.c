@@ -41,6 +41,15 @@ static int fs_of(const struct node *n, struct vm_plug *p)
     return vm_plug_fs_index(p, n->fsname);
 }
 
+/* CHILD (at PATH, attributes ST) of DIR: a directory on another device than
+ * DIR's is the top of a volume of its own (a btrfs subvolume), whose inode
+ * numbers start afresh. */
+static void set_volume(const struct node *dir, const char *path, const struct stat *st,
+                       struct node_id *child)
+{
+    child->volume = st->st_dev != dir->st.st_dev ? path : dir->volume;
+}
+
 static int guest_lookup(const struct node *dir, const char *name, struct node_id *child)
 {
     struct vm_plug *p = node_plug(dir);
@@ -60,6 +69,7 @@ static int guest_lookup(const struct node *dir, const char *name, struct node_id
     child->path = path;
     child->st = &st;
     child->xattrs = NULL; /* see guest_load_xattrs */
+    set_volume(dir, path, &st, child);
     return 0;
 }
 
@@ -103,6 +113,7 @@ static int guest_list_range(const struct node *dir, char *const *names, size_t c
         id.path = path;
         id.st = &st[i];
         id.xattrs = NULL; /* see guest_load_xattrs */
+        set_volume(dir, path, &st[i], &id);
         r = dir_list_add(list, &id, names[i]);
         free(path);
     }

@@ -67,12 +67,14 @@ int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name)
     e->disk = id->disk ? strdup(id->disk) : NULL;
     e->fsname = id->fsname ? strdup(id->fsname) : NULL;
     e->path = id->path ? strdup(id->path) : NULL;
+    e->volume = id->volume ? strdup(id->volume) : NULL;
     if (!e->name || (id->disk && !e->disk) || (id->fsname && !e->fsname) ||
-        (id->path && !e->path)) {
+        (id->path && !e->path) || (id->volume && !e->volume)) {
         free(e->name);
         free(e->disk);
         free(e->fsname);
         free(e->path);
+        free(e->volume);
         return vm_error(ENOMEM, "out of memory");
     }
     e->ino = ino;
@@ -80,6 +82,7 @@ int dir_list_add(struct dir_list *l, const struct node_id *id, const char *name)
     e->id.disk = e->disk;
     e->id.fsname = e->fsname;
     e->id.path = e->path;
+    e->id.volume = e->volume;
     e->id.st = NULL;
     e->id.xattrs = NULL;
     e->has_xattrs = id->xattrs != NULL;
@@ -117,6 +120,7 @@ void dir_list_free(struct dir_list *l)
         free(l->v[i].disk);
         free(l->v[i].fsname);
         free(l->v[i].path);
+        free(l->v[i].volume);
         free(l->v[i].xattrs.data);
     }
     free(l->v);

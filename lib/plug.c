@@ -1457,6 +1457,7 @@ static char *guest_path(const struct vm_plug *p, int fs, const char *path)
 static void statns_to_stat(const struct guestfs_statns *s, struct stat *st)
 {
     memset(st, 0, sizeof *st);
+    st->st_dev = (dev_t)s->st_dev; /* the appliance's: tells volumes apart, not shown */
     st->st_ino = (ino_t)s->st_ino;
     st->st_mode = (mode_t)s->st_mode;
     st->st_nlink = (nlink_t)s->st_nlink;
