@@ -17,6 +17,7 @@ enum {
     KEY_DEBUG,
     KEY_HOST,
     KEY_RO,
+    KEY_DEV_SUID,
     KEY_ALLOW_OTHER,
     KEY_ACCEL,
     KEY_MAX_DRIVES,
@@ -36,6 +37,8 @@ static const struct fuse_opt option_spec[] = {
     OPT("statedir=%s", statedir),
     FUSE_OPT_KEY("host=", KEY_HOST),
     FUSE_OPT_KEY("ro", KEY_RO),
+    FUSE_OPT_KEY("dev", KEY_DEV_SUID),
+    FUSE_OPT_KEY("suid", KEY_DEV_SUID),
     FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
     FUSE_OPT_KEY("accel=", KEY_ACCEL),
     FUSE_OPT_KEY("max_drives=", KEY_MAX_DRIVES),
@@ -139,6 +142,15 @@ static int process(void *data, const char *arg, int key, struct fuse_args *outar
         if (!o->parse_failed) {
             vm_error(EINVAL, "-o ro is not supported: virtmount is read-only by default, and a "
                              "read-only kernel mount would refuse mkdir in disks/ (plugging)");
+            o->parse_failed = true;
+        }
+        return 0;
+    case KEY_DEV_SUID:
+        if (!o->parse_failed) {
+            vm_error(EINVAL,
+                     "-o %s is not supported: a guest's device nodes and setuid files "
+                     "must not act on this machine (virtmount mounts nodev,nosuid)",
+                     arg);
             o->parse_failed = true;
         }
         return 0;
