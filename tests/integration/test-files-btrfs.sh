@@ -34,6 +34,7 @@ for p in mkfs.btrfs btrfs sha256sum; do
     command -v "$p" >/dev/null || skip "$p is not installed (btrfs-progs, coreutils)"
 done
 [[ -e /dev/loop-control ]] || skip "no loop devices (/dev/loop-control): the btrfs image is filled through a loop mount"
+modprobe -q btrfs 2>/dev/null || true # (listed only once loaded, when it is a module)
 grep -qw btrfs /proc/filesystems ||
     skip "this machine's kernel has no btrfs: the image is filled through a loop mount"
 
