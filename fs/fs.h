@@ -133,7 +133,7 @@ fuse_ino_t inode_number(const struct node_id *id);
 void inode_forget(fuse_ino_t ino, uint64_t nlookup);
 /** Past BYTES of guest nodes, the coldest are invalidated for the kernel to forget. */
 void inode_set_cache_limit(size_t bytes);
-/** Whether guest nodes are so far past the limit that new ones would only be trimmed again. */
+/** Whether guest nodes take the whole limit (new ones would only be trimmed again). */
 bool inode_cache_full(void);
 /**
  * Up to MAX guest nodes whose extended attributes are not known: N, then

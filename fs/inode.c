@@ -38,12 +38,34 @@ static bool trimmer_running, trimmer_stop;
 
 static void *trim_thread(void *arg);
 
+/* What malloc takes for SIZE bytes: a header, rounded up to 16. */
+static size_t chunk(size_t size)
+{
+    return size ? (size + 8 + 15) / 16 * 16 : 0;
+}
+
+static size_t string_memory(const char *s)
+{
+    return s ? chunk(strlen(s) + 1) : 0;
+}
+
+/* What a node costs (the kernel's dentry and inode are not ours). */
 static size_t node_memory(const struct node *n)
 {
-    return sizeof *n + (n->name ? strlen(n->name) + 1 : 0) + (n->path ? strlen(n->path) + 1 : 0) +
-           (n->fsname ? strlen(n->fsname) + 1 : 0) + (n->disk ? strlen(n->disk) + 1 : 0) +
-           (n->volume ? strlen(n->volume) + 1 : 0) + n->xattrs.len +
-           64 /* malloc overhead, the kernel's dentry is not ours */;
+    return chunk(sizeof *n) + string_memory(n->name) + string_memory(n->path) +
+           string_memory(n->fsname) + string_memory(n->disk) + string_memory(n->volume) +
+           chunk(n->xattrs.len);
+}
+
+/* The trimmer starts past TRIM_HIGH % of the limit and stops at TRIM_LOW %:
+ * the headroom above is for what arrives while the kernel's FORGETs come
+ * back, and for what the limit does not count (buffers, threads). */
+#define TRIM_HIGH 75
+#define TRIM_LOW  60
+
+static bool over_high(void)
+{
+    return guest_memory > cache_limit / 100 * TRIM_HIGH;
 }
 
 bool node_xattrs_known(const struct node *n)
@@ -230,12 +252,12 @@ static void *trim_thread(void *arg)
 {
     pthread_mutex_lock(&table_lock);
     while (!trimmer_stop) {
-        if (guest_memory <= cache_limit) {
+        if (!over_high()) {
             pthread_cond_wait(&trim_cond, &table_lock);
             continue;
         }
-        /* Down to 80 % of the limit, in rounds of at most 4096 entries. */
-        size_t target = guest_memory - cache_limit + cache_limit / 5, freed = 0, n = 0;
+        /* Down to TRIM_LOW % of the limit, in rounds of at most 4096 entries. */
+        size_t target = guest_memory - cache_limit / 100 * TRIM_LOW, freed = 0, n = 0;
         struct invalidation *v = calloc(4096, sizeof *v);
         for (struct node *c = lru.lru_prev; v && c != &lru && freed < target && n < 4096;
              c = c->lru_prev) {
@@ -262,14 +284,14 @@ void inode_set_cache_limit(size_t bytes)
     cache_limit = bytes;
 }
 
-/* Half again the limit: the trimmer keeps a walk of ordinary directories
- * under it, but not one directory larger than the cache, whose entries
- * the kernel forgets only between two of its READDIRs (they hold the
+/* At the limit: the trimmer keeps a walk of ordinary directories under
+ * it, but not one directory larger than the cache, whose entries the
+ * kernel forgets only between two of its READDIRs (they hold the
  * directory's lock, which invalidating an entry takes). */
 bool inode_cache_full(void)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    return guest_memory >= cache_limit + cache_limit / 2;
+    return guest_memory >= cache_limit;
 }
 
 struct vm_host **inode_hosts(size_t *n)
@@ -355,7 +377,7 @@ struct node *inode_get(const struct node_id *id, fuse_ino_t parent, const char *
         kid_link(n, find_locked(parent));
         if (n->kind == NODE_GUEST) {
             guest_memory += node_memory(n);
-            if (guest_memory > cache_limit)
+            if (over_high())
                 pthread_cond_signal(&trim_cond);
         }
     }
@@ -438,7 +460,7 @@ void inode_set_xattrs(fuse_ino_t ino, struct vm_xattrs *x)
     guest_memory += node_memory(n);
     __atomic_store_n(&n->xattrs_known, true, __ATOMIC_RELEASE);
     kid_unlink(n); /* the lists are for finding those still unknown */
-    if (guest_memory > cache_limit)
+    if (over_high())
         pthread_cond_signal(&trim_cond);
 }
 
