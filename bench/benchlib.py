@@ -419,3 +419,59 @@ def describe_build(virtmount):
                             capture_output=True, text=True).stdout.strip()
     return f"{version}{' (' + commit + ')' if commit else ''}"
 
+
+
+# ---- memory of a process over time ------------------------------------------
+
+def status_kib(pid, field):
+    """A "Field:  N kB" line of /proc/PID/status (VmRSS, VmHWM, ...), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss(pid):
+    """Reset PID's VmHWM to its current VmRSS (clear_refs 5, Linux 4.0+);
+    False if the kernel would not."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5\n")
+        return True
+    except OSError:
+        return False
+
+
+class RssSampler:
+    """Samples PID's VmRSS every INTERVAL seconds from a thread (it reads only
+    /proc, never the FUSE mount), so that a peak between two readings by the
+    benchmark is seen.  samples is a list of (time.monotonic(), KiB)."""
+
+    def __init__(self, pid, interval=0.5):
+        self.pid, self.interval = pid, interval
+        self.samples = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop_event.is_set():
+            kib = vmrss_kib(self.pid)
+            if kib is not None:
+                self.samples.append((time.monotonic(), kib))
+            self.stop_event.wait(self.interval)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+
+    def between(self, t0, t1):
+        """The samples taken from T0 to T1."""
+        return [(t, kib) for t, kib in self.samples if t0 <= t <= t1]
