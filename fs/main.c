@@ -5,6 +5,7 @@
 #include "fs.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -78,6 +79,10 @@ static int fail(const char *what)
 
 int main(int argc, char **argv)
 {
+    /* Nodes are made by FUSE's worker threads and freed by whichever
+     * thread gets the kernel's FORGET: with an arena per thread, what one
+     * frees another cannot reuse, and RSS overshoots the cache limit. */
+    mallopt(M_ARENA_MAX, 2);
     struct options o;
     struct fuse_args args;
     if (options_parse(argc, argv, &o, &args) < 0) {
