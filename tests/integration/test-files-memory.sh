@@ -16,7 +16,7 @@
 # The tree is 100 directories of 1 000 files: each directory is smaller than
 # the cache, as in a real guest.  A single directory of 100 000 entries is
 # then listed on its own disk (ls -f: names only), under the same bound: its
-# listing is its names (~1.5 MB) and one window of 1 024 entries with their
+# listing is its names (~1.5 MB) and one window of 1 000 entries with their
 # attributes, whatever its size.  It is not walked with find: with a cache
 # smaller than its nodes, every stat that find makes after reading it is a
 # round trip to the appliance (the kernel was made to forget the entry),
