@@ -1038,6 +1038,11 @@ static int plug_into(struct vm_plug *p, struct vm_appliance *a, const char *gues
     return r;
 }
 
+static bool is_live(int state)
+{
+    return state != VIR_DOMAIN_SHUTOFF && state != VIR_DOMAIN_CRASHED;
+}
+
 int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
 {
     if (vm_plug_is_plugged(h, uuid, disk_name))
@@ -1052,8 +1057,19 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         return vm_error(ENOENT, "no disk %s in this domain (see devices/)", disk_name);
     }
     /* A running domain's qemu holds its image's write lock: read a
-     * point-in-time export instead (a read-only disk holds no such lock). */
-    bool live = dom->state != VIR_DOMAIN_SHUTOFF && dom->state != VIR_DOMAIN_CRASHED;
+     * point-in-time export instead (a read-only disk holds no such lock).
+     * The snapshot follows libvirt's events, which may not have arrived
+     * for a domain started or stopped a moment ago: libvirt itself says. */
+    bool live = is_live(dom->state);
+    virConnectPtr conn = vm_host_connection(h);
+    virDomainPtr vdom = conn ? virDomainLookupByUUIDString(conn, uuid) : NULL;
+    int state, reason;
+    if (vdom && virDomainGetState(vdom, &state, &reason, 0) == 0)
+        live = is_live(state);
+    if (vdom)
+        virDomainFree(vdom);
+    if (conn)
+        virConnectClose(conn);
     struct vm_domain *domain = vm_domain_ref(dom);
     struct vm_plug *p = calloc(1, sizeof *p);
     if (!p) {
