@@ -1660,43 +1660,38 @@ void vm_names_free(struct vm_names *names)
     free(names);
 }
 
-/* Attributes in batches of what libguestfs itself sends in one call (its
- * LSTATNSLIST_MAX and LXATTRLIST_MAX): larger ones it splits anyway. */
-#define ATTR_BATCH 1000
+/* NAMES[0..N) as the NULL-terminated list the guestfs calls take (they
+ * split long lists into calls of 1000 themselves); NULL: ENOMEM recorded. */
+static char **name_list(char *const *names, size_t n)
+{
+    char **list = calloc(n + 1, sizeof *list);
+    if (!list)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    memcpy(list, names, n * sizeof *list);
+    return list;
+}
 
 int vm_guest_lstat_list(struct vm_plug *p, int fs, const char *dir, char *const *names, size_t n,
                         struct stat *out)
 {
     CLEANUP_FREE char *gp = guest_path(p, fs, dir);
-    if (!gp)
+    CLEANUP_FREE char **list = gp ? name_list(names, n) : NULL;
+    if (!list)
         return -1;
     guestfs_h *g = use(p);
     if (!g)
         return -1;
-    int r = 0;
-    for (size_t start = 0; r == 0 && start < n; start += ATTR_BATCH) {
-        size_t count = n - start < ATTR_BATCH ? n - start : ATTR_BATCH;
-        char **batch = calloc(count + 1, sizeof *batch);
-        if (!batch) {
-            r = vm_error(ENOMEM, "out of memory");
-            break;
-        }
-        memcpy(batch, names + start, count * sizeof *batch);
-        struct guestfs_statns_list *sl = guestfs_lstatnslist(g, gp, batch);
-        free(batch);
-        if (!sl) {
-            r = gfs_error(g, dir);
-            break;
-        }
-        /* A name that is gone has st_ino -1 (it cannot be, on a plugged disk): st_mode 0. */
-        for (size_t i = 0; i < count; i++)
-            if (i < sl->len && sl->val[i].st_ino != -1)
-                statns_to_stat(&sl->val[i], &out[start + i]);
-            else
-                memset(&out[start + i], 0, sizeof out[start + i]);
-        guestfs_free_statns_list(sl);
-    }
+    struct guestfs_statns_list *sl = guestfs_lstatnslist(g, gp, list);
+    int r = sl ? 0 : gfs_error(g, dir);
     vm_appliance_handle_release(p->appliance);
+    /* A name that is gone has st_ino -1 (it cannot be, on a plugged disk): st_mode 0. */
+    for (size_t i = 0; sl && i < n; i++)
+        if (i < sl->len && sl->val[i].st_ino != -1)
+            statns_to_stat(&sl->val[i], &out[i]);
+        else
+            memset(&out[i], 0, sizeof out[i]);
+    if (sl)
+        guestfs_free_statns_list(sl);
     return r;
 }
 
@@ -1709,48 +1704,34 @@ int vm_guest_xattrs_list(struct vm_plug *p, int fs, const char *dir, char *const
     memset(out, 0, n * sizeof *out);
     memset(ok, 0, n * sizeof *ok);
     CLEANUP_FREE char *gp = guest_path(p, fs, dir);
-    if (!gp)
+    CLEANUP_FREE char **list = gp ? name_list(names, n) : NULL;
+    if (!list)
         return -1;
     guestfs_h *g = use(p);
     if (!g)
         return -1;
-    int r = 0;
-    for (size_t start = 0; r == 0 && start < n; start += ATTR_BATCH) {
-        size_t count = n - start < ATTR_BATCH ? n - start : ATTR_BATCH;
-        char **batch = calloc(count + 1, sizeof *batch);
-        if (!batch) {
-            r = vm_error(ENOMEM, "out of memory");
-            break;
-        }
-        memcpy(batch, names + start, count * sizeof *batch);
-        guestfs_push_error_handler(g, NULL, NULL);
-        struct guestfs_xattr_list *xl = guestfs_lxattrlist(g, gp, batch);
-        guestfs_pop_error_handler(g);
-        free(batch);
-        if (!xl) {
-            r = gfs_error(g, dir);
-            break;
-        }
-        /* The list is, per file, a header (empty name, value: the count) and
-         * its attributes; a header without a value: that file's could not be
-         * read (a filesystem without xattrs, vfat, answers with a count of 0). */
-        size_t file = start;
-        for (uint32_t i = 0; i < xl->len && file < start + count;) {
-            struct guestfs_xattr *h = &xl->val[i];
-            char num[16] = "";
-            memcpy(num, h->attrval, h->attrval_len < 15 ? h->attrval_len : 15);
-            unsigned long nattrs = h->attrname[0] ? 0 : strtoul(num, NULL, 10);
-            ok[file] = !h->attrname[0] && h->attrval_len > 0;
-            i++;
-            for (unsigned long k = 0; k < nattrs && i < xl->len; k++, i++)
-                if (xattrs_add(&out[file], xl->val[i].attrname, xl->val[i].attrval,
-                               xl->val[i].attrval_len) < 0)
-                    r = -1;
-            file++;
-        }
-        guestfs_free_xattr_list(xl);
-    }
+    guestfs_push_error_handler(g, NULL, NULL);
+    struct guestfs_xattr_list *xl = guestfs_lxattrlist(g, gp, list);
+    guestfs_pop_error_handler(g);
+    int r = xl ? 0 : gfs_error(g, dir);
     vm_appliance_handle_release(p->appliance);
+    /* The list is, per file, a header (empty name, value: the count) and
+     * its attributes; a header without a value: that file's could not be
+     * read (a filesystem without xattrs, vfat, answers with a count of 0). */
+    size_t file = 0;
+    for (uint32_t i = 0; xl && i < xl->len && file < n; file++) {
+        struct guestfs_xattr *h = &xl->val[i++];
+        char num[16] = "";
+        memcpy(num, h->attrval, h->attrval_len < 15 ? h->attrval_len : 15);
+        unsigned long nattrs = h->attrname[0] ? 0 : strtoul(num, NULL, 10);
+        ok[file] = !h->attrname[0] && h->attrval_len > 0;
+        for (unsigned long k = 0; k < nattrs && i < xl->len; k++, i++)
+            if (xattrs_add(&out[file], xl->val[i].attrname, xl->val[i].attrval,
+                           xl->val[i].attrval_len) < 0)
+                r = -1;
+    }
+    if (xl)
+        guestfs_free_xattr_list(xl);
     if (r < 0)
         for (size_t i = 0; i < n; i++) {
             free(out[i].data);
