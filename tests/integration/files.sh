@@ -619,9 +619,11 @@ files_tree_crowd() {
 
 # files_rss_run PID OUT CMD...: run CMD (its output into OUT) while sampling
 # PID's VmRSS every 50 ms; sets RSS_BEFORE, RSS_PEAK, RSS_AFTER (KiB),
-# WALK_MS and WALK_COUNT (lines of output).
+# WALK_MS and WALK_COUNT (lines of output).  RSS_AFTER is taken half a
+# second after CMD ends, once the cache trimmer (which sleeps 200 ms before
+# giving memory back) has settled.
 files_rss_run() {
-    local pid=$1 out=$2 rss t0 fpid
+    local pid=$1 out=$2 rss t0 fpid i
     shift 2
     RSS_BEFORE=$(files_rss_kib "$pid")
     RSS_PEAK=$RSS_BEFORE
@@ -636,7 +638,12 @@ files_rss_run() {
     wait "$fpid" || fail "$* failed: $(head -n 5 "$out.err")"
     WALK_MS=$(( ($(now_us) - t0) / 1000 ))
     WALK_COUNT=$(wc -l < "$out")
-    RSS_AFTER=$(files_rss_kib "$pid")
+    for (( i = 0; i < 10; i++ )); do
+        sleep 0.05
+        rss=$(files_rss_kib "$pid")
+        (( rss > RSS_PEAK )) && RSS_PEAK=$rss
+    done
+    RSS_AFTER=$rss
 }
 
 # files_rss_walk PID DIR: files_rss_run with find -ls over DIR.
