@@ -110,6 +110,7 @@ struct node {
     struct node *hash_next;
     struct node *up, *kids, *kid_prev, *kid_next; /* the parent's node and its children */
     struct node *lru_prev, *lru_next;             /* NODE_GUEST: in the table's LRU list */
+    size_t trimming; /* the bytes it holds, while the kernel is being asked to forget it */
 };
 
 /** True for directories (a guest node is one when the guest says so). */
@@ -133,6 +134,7 @@ fuse_ino_t inode_number(const struct node_id *id);
 void inode_forget(fuse_ino_t ino, uint64_t nlookup);
 /** Past BYTES of guest nodes, the coldest are invalidated for the kernel to forget. */
 void inode_set_cache_limit(size_t bytes);
+size_t inode_cache_limit(void);
 /** Whether guest nodes take the whole limit (new ones would only be trimmed again). */
 bool inode_cache_full(void);
 /**
@@ -224,6 +226,23 @@ struct node_ops {
     int (*mkdir)(const struct node *dir, const char *name);
     int (*rmdir)(const struct node *dir, const char *name);
 };
+
+/* ---- lookahead.c: lookups in a guest directory answered from its listing ---- */
+
+/** Keep NAMES, the listing of guest directory DIR (a hold of its own). */
+void lookahead_keep(const struct node *dir, struct vm_names *names);
+/** READDIR took the attributes ST of COUNT entries NAMES (within a kept listing) of DIR. */
+void lookahead_note(const struct node *dir, char *const *names, size_t count,
+                    const struct stat *st);
+/**
+ * Stat NAME in DIR (plug P, its filesystem FS) from a kept listing: 1 with
+ * *ST filled (with the entries after it, in one round trip); 0 when no kept
+ * listing answers (ask the appliance); -1 with ENOENT recorded when the
+ * listing has no such name.
+ */
+int lookahead_stat(const struct node *dir, struct vm_plug *p, int fs, const char *name,
+                   struct stat *st);
+void lookahead_clear(void);
 
 extern const struct node_ops node_root_ops, node_status_ops, node_host_ops, node_domain_ops,
     node_domain_file_ops, node_devices_ops, node_device_ops, node_device_file_ops, node_disks_ops,

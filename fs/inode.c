@@ -30,7 +30,7 @@ static struct node root = {.ino = FUSE_ROOT_ID, .parent = FUSE_ROOT_ID, .kind = 
  * the cache limit the coldest are invalidated so the kernel forgets them
  * (it holds lookup counts; only its FORGET lets us free a node). */
 static struct node lru = {.lru_prev = &lru, .lru_next = &lru};
-static size_t guest_memory;
+static size_t guest_memory, trimming_memory; /* the latter: on their way out */
 static size_t cache_limit = 256u << 20;
 static pthread_cond_t trim_cond = PTHREAD_COND_INITIALIZER;
 static pthread_t trimmer;
@@ -109,10 +109,18 @@ static void lru_unlink(struct node *n)
     n->lru_prev = n->lru_next = NULL;
 }
 
+/* N is no longer on its way out (looked up again, or freed). */
+static void untrim(struct node *n)
+{
+    trimming_memory -= n->trimming;
+    n->trimming = 0;
+}
+
 static void lru_touch(struct node *n)
 {
     if (n->kind != NODE_GUEST)
         return;
+    untrim(n);
     lru_unlink(n);
     n->lru_next = lru.lru_next;
     n->lru_prev = &lru;
@@ -247,32 +255,64 @@ void inode_table_free(void)
     }
 }
 
-/* Asks the kernel to forget the coldest guest nodes while over the limit. */
+/* The kernel's FORGETs come back asynchronously: let them, then give what
+ * the freed nodes held back to the system.  Called with table_lock held. */
+static void give_back(void)
+{
+    pthread_mutex_unlock(&table_lock);
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    malloc_trim(0);
+    pthread_mutex_lock(&table_lock);
+}
+
+/* Asks the kernel to forget the coldest guest nodes while over the limit.
+ *
+ * Rounds follow each other without a pause while lookups keep adding nodes
+ * (find stat'ing a directory larger than the cache adds thousands a
+ * second, and each invalidation waits for that directory's lock): a node
+ * already asked for is marked, and not asked for again until its FORGET had
+ * time to come back. */
 static void *trim_thread(void *arg)
 {
+    bool let_go = false; /* nodes were let go since the last malloc_trim */
     pthread_mutex_lock(&table_lock);
     while (!trimmer_stop) {
         if (!over_high()) {
-            pthread_cond_wait(&trim_cond, &table_lock);
+            if (let_go)
+                give_back();
+            else
+                pthread_cond_wait(&trim_cond, &table_lock);
+            let_go = false;
             continue;
         }
         /* Down to TRIM_LOW % of the limit, in rounds of at most 4096 entries. */
-        size_t target = guest_memory - cache_limit / 100 * TRIM_LOW, freed = 0, n = 0;
+        size_t low = cache_limit / 100 * TRIM_LOW, kept = guest_memory - trimming_memory;
+        size_t target = kept > low ? kept - low : 0, freed = 0, n = 0;
         struct invalidation *v = calloc(4096, sizeof *v);
         for (struct node *c = lru.lru_prev; v && c != &lru && freed < target && n < 4096;
              c = c->lru_prev) {
+            if (c->trimming)
+                continue;
             v[n++] =
                 (struct invalidation){.ino = c->ino, .parent = c->parent, .name = strdup(c->name)};
-            freed += node_memory(c);
+            c->trimming = node_memory(c);
+            trimming_memory += c->trimming;
+            freed += c->trimming;
+        }
+        if (n == 0) {
+            /* All asked for already: wait for the FORGETs; whatever the
+             * kernel kept (in use elsewhere) is asked for again. */
+            give_back();
+            for (struct node *c = lru.lru_next; c != &lru; c = c->lru_next)
+                untrim(c);
+            free(v);
+            continue;
         }
         pthread_mutex_unlock(&table_lock);
         fs_forget_entries(v, n);
         free(v);
-        /* The kernel's FORGETs come back asynchronously; let them, then
-         * give what the freed nodes held back to the system. */
-        struct timespec ts = {0, 200 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-        malloc_trim(0);
+        let_go = true;
         pthread_mutex_lock(&table_lock);
     }
     pthread_mutex_unlock(&table_lock);
@@ -282,6 +322,11 @@ static void *trim_thread(void *arg)
 void inode_set_cache_limit(size_t bytes)
 {
     cache_limit = bytes;
+}
+
+size_t inode_cache_limit(void)
+{
+    return cache_limit;
 }
 
 /* At the limit: the trimmer keeps a walk of ordinary directories under
@@ -403,6 +448,7 @@ void inode_forget(fuse_ino_t ino, uint64_t nlookup)
         *pp = n->hash_next;
         if (n->kind == NODE_GUEST)
             guest_memory -= node_memory(n);
+        untrim(n);
         lru_unlink(n);
         kid_unlink(n);
         while (n->kids)

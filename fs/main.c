@@ -225,6 +225,7 @@ int main(int argc, char **argv)
 
 out:
     fs_set_session(NULL);
+    lookahead_clear();
     /* No appliance, qemu or connector outlives the mount. */
     vm_plugs_shutdown();
     for (size_t i = 0; i < nhosts; i++)

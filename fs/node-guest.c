@@ -61,7 +61,9 @@ static int guest_lookup(const struct node *dir, const char *name, struct node_id
     static __thread struct stat st;
     free(path);
     path = child_path(dir, name);
-    int r = fs < 0 || !path ? -1 : vm_guest_lstat(p, fs, path, &st);
+    int r = fs < 0 || !path ? -1 : lookahead_stat(dir, p, fs, name, &st);
+    if (r == 0)
+        r = vm_guest_lstat(p, fs, path, &st);
     vm_plug_unref(p);
     if (r < 0)
         return -1;
@@ -75,7 +77,8 @@ static int guest_lookup(const struct node *dir, const char *name, struct node_id
 
 /* A directory's names come first (ls0: one round trip, however many), and
  * the attributes of a window of them at a time (lstatnslist), as READDIR
- * reaches them: a directory of any size costs a bounded amount here. */
+ * reaches them: a directory of any size costs a bounded amount here.  The
+ * names are kept for the lookups that follow (lookahead.c). */
 static int guest_names(const struct node *dir, struct vm_names **out)
 {
     struct vm_plug *p = node_plug(dir);
@@ -84,6 +87,8 @@ static int guest_names(const struct node *dir, struct vm_names **out)
     int fs = fs_of(dir, p);
     *out = fs < 0 ? NULL : vm_guest_names(p, fs, dir->path);
     vm_plug_unref(p);
+    if (*out)
+        lookahead_keep(dir, *out);
     return *out ? 0 : -1;
 }
 
@@ -101,6 +106,8 @@ static int guest_list_range(const struct node *dir, char *const *names, size_t c
     if (r == 0)
         r = vm_guest_lstat_list(p, fs, dir->path, names, count, st);
     vm_plug_unref(p);
+    if (r == 0)
+        lookahead_note(dir, names, count, st);
     for (size_t i = 0; i < count && r == 0; i++) {
         if (st[i].st_mode == 0) {
             r = dir_list_add_gone(list, names[i]);

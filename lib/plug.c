@@ -1611,6 +1611,8 @@ struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path)
     vm_appliance_handle_release(p->appliance);
     struct stat st;
     struct vm_names *names = r < 0 || fstat(fd, &st) < 0 ? NULL : calloc(1, sizeof *names);
+    if (names)
+        names->refs = 1;
     if (names && st.st_size) {
         names->blob = malloc((size_t)st.st_size + 1);
         if (!names->blob || pread(fd, names->blob, (size_t)st.st_size, 0) != st.st_size) {
@@ -1651,9 +1653,15 @@ struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path)
     return names;
 }
 
+struct vm_names *vm_names_hold(struct vm_names *names)
+{
+    __atomic_add_fetch(&names->refs, 1, __ATOMIC_RELAXED);
+    return names;
+}
+
 void vm_names_free(struct vm_names *names)
 {
-    if (!names)
+    if (!names || __atomic_sub_fetch(&names->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
     free(names->v);
     free(names->blob);

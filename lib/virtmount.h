@@ -273,6 +273,7 @@ struct vm_names {
     size_t n;
     char **v;   /* into blob */
     char *blob; /* the names, NUL-terminated, one after the other */
+    int refs;   /* see vm_names_hold */
 };
 int vm_guest_lstat(struct vm_plug *p, int fs, const char *path, struct stat *st);
 /** PATH's extended attributes (none is not an error). */
@@ -288,6 +289,8 @@ int vm_guest_xattrs_list(struct vm_plug *p, int fs, const char *dir, char *const
 int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out);
 /** The names in directory PATH, however many (ls0). */
 struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path);
+/** One more holder of NAMES (returned), each of which calls vm_names_free. */
+struct vm_names *vm_names_hold(struct vm_names *names);
 void vm_names_free(struct vm_names *names);
 /**
  * The attributes of N entries NAMES of directory DIR into OUT[N], in as few
