@@ -85,7 +85,7 @@ static int guest_names(const struct node *dir, struct vm_names **out)
     if (!p)
         return -1;
     int fs = fs_of(dir, p);
-    *out = fs < 0 ? NULL : vm_guest_names(p, fs, dir->path);
+    *out = fs < 0 ? NULL : vm_guest_names(p, fs, dir->path, dir->st.st_size);
     vm_plug_unref(p);
     if (*out)
         lookahead_keep(dir, *out);

@@ -1592,11 +1592,64 @@ int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out)
 /* The names in directory PATH, streamed with ls0 (a readdir reply is capped
  * at 4 MiB: ~100 000 names would not fit) into a memfd, then read back into
  * one block: a name costs its length and a pointer, whatever the count. */
-struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path)
+/* NAMES from a BLOB of LEN bytes of NUL-terminated names (taken), "." and
+ * ".." left out; NULL with ENOMEM recorded. */
+static struct vm_names *names_from_blob(char *blob, size_t len)
 {
-    CLEANUP_FREE char *gp = guest_path(p, fs, path);
-    if (!gp)
+    struct vm_names *names = calloc(1, sizeof *names);
+    size_t count = 0;
+    for (size_t i = 0; i < len; i++)
+        count += blob[i] == '\0';
+    if (names)
+        names->v = malloc((count ? count : 1) * sizeof *names->v);
+    if (!names || !names->v) {
+        free(names);
+        free(blob);
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    }
+    names->refs = 1;
+    names->blob = blob;
+    for (size_t i = 0; i < len;) {
+        char *name = blob + i;
+        size_t n = strlen(name);
+        if (n && strcmp(name, ".") && strcmp(name, ".."))
+            names->v[names->n++] = name;
+        i += n + 1;
+    }
+    return names;
+}
+
+/* The names by readdir: one plain reply, ~1.3 ms of appliance time under
+ * TCG against ~3.9 ms for ls0, whose names come as a file transfer; but
+ * the reply is capped at 4 MiB.  NULL with the error recorded. */
+static struct vm_names *names_by_readdir(struct vm_plug *p, const char *gp, const char *path)
+{
+    guestfs_h *g = use(p);
+    if (!g)
         return NULL;
+    /* Quiet: ls0 is asked next, and says what is wrong if anything is. */
+    guestfs_push_error_handler(g, NULL, NULL);
+    struct guestfs_dirent_list *d = guestfs_readdir(g, gp);
+    guestfs_pop_error_handler(g);
+    int r = d ? 0 : gfs_error(g, path);
+    vm_appliance_handle_release(p->appliance);
+    if (r < 0)
+        return NULL;
+    size_t len = 0;
+    for (uint32_t i = 0; i < d->len; i++)
+        len += strlen(d->val[i].name) + 1;
+    char *blob = malloc(len ? len : 1), *at = blob;
+    for (uint32_t i = 0; blob && i < d->len; i++)
+        at = stpcpy(at, d->val[i].name) + 1;
+    guestfs_free_dirent_list(d);
+    if (!blob)
+        return vm_error(ENOMEM, "out of memory"), NULL;
+    return names_from_blob(blob, len);
+}
+
+/* The names by ls0, streamed into a memory file: however many. */
+static struct vm_names *names_by_ls0(struct vm_plug *p, const char *gp, const char *path)
+{
     int fd = memfd_create("virtmount-ls0", MFD_CLOEXEC);
     if (fd < 0)
         return vm_error(errno, "memfd_create: %s", strerror(errno)), NULL;
@@ -1610,47 +1663,36 @@ struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path)
     int r = guestfs_ls0(g, gp, proc) < 0 ? gfs_error(g, path) : 0;
     vm_appliance_handle_release(p->appliance);
     struct stat st;
-    struct vm_names *names = r < 0 || fstat(fd, &st) < 0 ? NULL : calloc(1, sizeof *names);
-    if (names)
-        names->refs = 1;
-    if (names && st.st_size) {
-        names->blob = malloc((size_t)st.st_size + 1);
-        if (!names->blob || pread(fd, names->blob, (size_t)st.st_size, 0) != st.st_size) {
-            vm_names_free(names);
-            names = NULL;
-            vm_error(EIO, "cannot read the listing of %s", path);
-        }
-    } else if (r == 0 && !names) {
-        vm_error(ENOMEM, "out of memory");
-    }
+    char *blob = NULL;
+    if (r == 0 && fstat(fd, &st) < 0)
+        r = vm_error(errno, "cannot read the listing of %s: %s", path, strerror(errno));
+    if (r == 0 && !(blob = malloc((size_t)st.st_size + 1)))
+        r = vm_error(ENOMEM, "out of memory");
+    if (r == 0 && pread(fd, blob, (size_t)st.st_size, 0) != st.st_size)
+        r = vm_error(EIO, "cannot read the listing of %s", path);
     close(fd);
-    if (!names)
+    if (r < 0) {
+        free(blob);
         return NULL;
-    if (!st.st_size) {
-        /* An empty directory: still an array, for callers that index it. */
-        if (!(names->v = malloc(sizeof *names->v))) {
-            vm_names_free(names);
-            return vm_error(ENOMEM, "out of memory"), NULL;
-        }
-        return names;
     }
-    names->blob[st.st_size] = '\0';
-    size_t count = 0;
-    for (off_t i = 0; i < st.st_size; i++)
-        count += names->blob[i] == '\0';
-    names->v = malloc((count ? count : 1) * sizeof *names->v);
-    if (!names->v) {
-        vm_names_free(names);
-        return vm_error(ENOMEM, "out of memory"), NULL;
-    }
-    for (off_t i = 0; i < st.st_size;) {
-        char *name = names->blob + i;
-        size_t len = strlen(name);
-        if (len && strcmp(name, ".") && strcmp(name, ".."))
-            names->v[names->n++] = name;
-        i += (off_t)len + 1;
-    }
-    return names;
+    blob[st.st_size] = '\0';
+    return names_from_blob(blob, (size_t)st.st_size);
+}
+
+/* Directories up to this size (st_size: about the bytes of their entries
+ * on ext4, xfs and btrfs) are read with readdir, whose reply holds them
+ * easily; larger ones, and any whose readdir fails, with ls0. */
+#define READDIR_MAX_SIZE (256 * 1024)
+
+struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path, int64_t size)
+{
+    CLEANUP_FREE char *gp = guest_path(p, fs, path);
+    if (!gp)
+        return NULL;
+    struct vm_names *names = NULL;
+    if (size >= 0 && size <= READDIR_MAX_SIZE)
+        names = names_by_readdir(p, gp, path);
+    return names ? names : names_by_ls0(p, gp, path);
 }
 
 struct vm_names *vm_names_hold(struct vm_names *names)

@@ -287,8 +287,8 @@ int vm_guest_xattrs_list(struct vm_plug *p, int fs, const char *dir, char *const
                          struct vm_xattrs *out, bool *ok);
 /** statvfs of the guest filesystem FS. */
 int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out);
-/** The names in directory PATH, however many (ls0). */
-struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path);
+/** The names in directory PATH, however many; SIZE: its st_size (how to ask). */
+struct vm_names *vm_guest_names(struct vm_plug *p, int fs, const char *path, int64_t size);
 /** One more holder of NAMES (returned), each of which calls vm_names_free. */
 struct vm_names *vm_names_hold(struct vm_names *names);
 void vm_names_free(struct vm_names *names);
