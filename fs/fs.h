@@ -242,6 +242,8 @@ void lookahead_note(const struct node *dir, char *const *names, size_t count,
  */
 int lookahead_stat(const struct node *dir, struct vm_plug *p, int fs, const char *name,
                    struct stat *st);
+/** What the kept listings hold, counted in cache_mb with the nodes. */
+size_t lookahead_memory(void);
 void lookahead_clear(void);
 
 extern const struct node_ops node_root_ops, node_status_ops, node_host_ops, node_domain_ops,

@@ -63,9 +63,15 @@ static size_t node_memory(const struct node *n)
 #define TRIM_HIGH 75
 #define TRIM_LOW  60
 
+/* What the limit bounds: guest nodes, and the listings kept for lookups. */
+static size_t cached_memory(void)
+{
+    return guest_memory + lookahead_memory();
+}
+
 static bool over_high(void)
 {
-    return guest_memory > cache_limit / 100 * TRIM_HIGH;
+    return guest_memory && cached_memory() > cache_limit / 100 * TRIM_HIGH;
 }
 
 bool node_xattrs_known(const struct node *n)
@@ -287,7 +293,7 @@ static void *trim_thread(void *arg)
             continue;
         }
         /* Down to TRIM_LOW % of the limit, in rounds of at most 4096 entries. */
-        size_t low = cache_limit / 100 * TRIM_LOW, kept = guest_memory - trimming_memory;
+        size_t low = cache_limit / 100 * TRIM_LOW, kept = cached_memory() - trimming_memory;
         size_t target = kept > low ? kept - low : 0, freed = 0, n = 0;
         struct invalidation *v = calloc(4096, sizeof *v);
         for (struct node *c = lru.lru_prev; v && c != &lru && freed < target && n < 4096;
@@ -336,7 +342,7 @@ size_t inode_cache_limit(void)
 bool inode_cache_full(void)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    return guest_memory >= cache_limit;
+    return cached_memory() >= cache_limit;
 }
 
 struct vm_host **inode_hosts(size_t *n)

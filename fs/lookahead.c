@@ -26,7 +26,8 @@
  * unplug and replug -- a running guest's new point in time -- it is dropped.
  * Memory: the newest listing, like that of an open directory (its names, and
  * ~24 bytes of index and order per entry), and older ones, up to AHEAD_KEPT
- * in all, within a quarter of cache_mb.
+ * in all, within a quarter of cache_mb; what they hold counts in cache_mb
+ * with the nodes (lookahead_memory).
  */
 #include "fs.h"
 
@@ -66,6 +67,7 @@ struct listing {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct listing *kept[AHEAD_KEPT]; /* most recently used first */
+static size_t kept_bytes;                /* theirs; read without the lock */
 
 static uint64_t hash_name(const char *s)
 {
@@ -148,6 +150,7 @@ static struct listing *listing_new(const struct node *dir, struct vm_names *name
 /* Drop kept[i]; under lock. */
 static void drop_kept(size_t i)
 {
+    __atomic_sub_fetch(&kept_bytes, kept[i]->bytes, __ATOMIC_RELAXED);
     listing_unref(kept[i]);
     memmove(&kept[i], &kept[i + 1], (AHEAD_KEPT - 1 - i) * sizeof *kept);
     kept[AHEAD_KEPT - 1] = NULL;
@@ -183,9 +186,11 @@ void lookahead_keep(const struct node *dir, struct vm_names *names)
             drop_kept(i);
             break;
         }
-    listing_unref(kept[AHEAD_KEPT - 1]);
+    if (kept[AHEAD_KEPT - 1])
+        drop_kept(AHEAD_KEPT - 1);
     memmove(&kept[1], &kept[0], (AHEAD_KEPT - 1) * sizeof *kept);
     kept[0] = l;
+    __atomic_add_fetch(&kept_bytes, l->bytes, __ATOMIC_RELAXED);
     /* The newest is kept whatever its size (the lookups that follow a
      * listing are in it); older ones within a quarter of the cache. */
     size_t total = l->bytes;
@@ -378,12 +383,15 @@ int lookahead_stat(const struct node *dir, struct vm_plug *p, int fs, const char
     return r == 0 && st->st_mode ? 1 : 0;
 }
 
+size_t lookahead_memory(void)
+{
+    return __atomic_load_n(&kept_bytes, __ATOMIC_RELAXED);
+}
+
 void lookahead_clear(void)
 {
     pthread_mutex_lock(&lock);
-    for (size_t i = 0; i < AHEAD_KEPT; i++) {
-        listing_unref(kept[i]);
-        kept[i] = NULL;
-    }
+    while (kept[0])
+        drop_kept(0);
     pthread_mutex_unlock(&lock);
 }

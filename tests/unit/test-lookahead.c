@@ -220,6 +220,10 @@ static void test_kept_within(void **state)
     lookahead_keep(&third, listing);
     assert_int_equal(lookahead_stat(&dir, plugged, 0, "n99999", &st), 0); /* let go */
     assert_int_equal(lookahead_stat(&third, plugged, 0, "n99999", &st), -1);
+    /* What they hold is counted (in cache_mb, with the nodes), and given back. */
+    assert_true(lookahead_memory() > N * 24 && lookahead_memory() <= 1u << 20);
+    lookahead_clear();
+    assert_int_equal(lookahead_memory(), 0);
     cache_limit = 256u << 20;
 }
 
