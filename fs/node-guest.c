@@ -75,10 +75,11 @@ static int guest_lookup(const struct node *dir, const char *name, struct node_id
     return 0;
 }
 
-/* A directory's names come first (ls0: one round trip, however many), and
- * the attributes of a window of them at a time (lstatnslist), as READDIR
- * reaches them: a directory of any size costs a bounded amount here.  The
- * names are kept for the lookups that follow (lookahead.c). */
+/* A directory's names come first (readdir, or ls0 for a large one: one
+ * round trip, however many), and the attributes of a window of them at a
+ * time (lstatnslist), as READDIR reaches them: a directory of any size
+ * costs a bounded amount here.  The names are kept for the lookups that
+ * follow (lookahead.c). */
 static int guest_names(const struct node *dir, struct vm_names **out)
 {
     struct vm_plug *p = node_plug(dir);
