@@ -229,11 +229,13 @@ struct node_ops {
 
 /* ---- lookahead.c: lookups in a guest directory answered from its listing ---- */
 
-/** Keep NAMES, the listing of guest directory DIR (a hold of its own). */
-void lookahead_keep(const struct node *dir, struct vm_names *names);
-/** READDIR took the attributes ST of COUNT entries NAMES (within a kept listing) of DIR. */
-void lookahead_note(const struct node *dir, char *const *names, size_t count,
-                    const struct stat *st);
+/** Keep NAMES, the listing of guest directory DIR under plug P (a hold of
+ * its own on NAMES; P's reference is taken). */
+void lookahead_keep(const struct node *dir, struct vm_plug *p, struct vm_names *names);
+/** READDIR took the attributes ST of COUNT entries NAMES (within a kept
+ * listing) of DIR, plugged as P. */
+void lookahead_note(const struct node *dir, const struct vm_plug *p, char *const *names,
+                    size_t count, const struct stat *st);
 /**
  * Stat NAME in DIR (plug P, its filesystem FS) from a kept listing: 1 with
  * *ST filled (with the entries after it, in one round trip); 0 when no kept

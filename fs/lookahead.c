@@ -111,7 +111,8 @@ static size_t entry_of(const struct listing *l, const char *name)
     }
 }
 
-static struct listing *listing_new(const struct node *dir, struct vm_names *names)
+static struct listing *listing_new(const struct node *dir, struct vm_plug *p,
+                                   struct vm_names *names)
 {
     if (names->n >= UINT32_MAX / 2)
         return NULL; /* billions of entries: not indexed, lookups go one by one */
@@ -126,10 +127,7 @@ static struct listing *listing_new(const struct node *dir, struct vm_names *name
         slots *= 2;
     l->mask = slots - 1;
     l->index = calloc(slots, sizeof *l->index);
-    l->plug = node_plug(dir);
-    if (!l->index || !l->plug) {
-        vm_plug_unref(l->plug);
-        free(l->index);
+    if (!l->index) {
         free(l);
         return NULL;
     }
@@ -139,6 +137,7 @@ static struct listing *listing_new(const struct node *dir, struct vm_names *name
             s = (s + 1) & l->mask;
         l->index[s] = (uint32_t)(i + 1);
     }
+    l->plug = p;
     l->names = vm_names_hold(names);
     size_t blob = names->n ? (size_t)(names->v[names->n - 1] - names->blob) + 256 : 0;
     l->bytes = blob + slots * sizeof *l->index +
@@ -174,12 +173,14 @@ static struct listing *find_kept(fuse_ino_t dir, const struct vm_plug *p)
     return NULL;
 }
 
-void lookahead_keep(const struct node *dir, struct vm_names *names)
+void lookahead_keep(const struct node *dir, struct vm_plug *p, struct vm_names *names)
 {
     /* Built outside the lock: indexing 100 000 names takes a few ms. */
-    struct listing *l = listing_new(dir, names);
-    if (!l)
-        return; /* out of memory, or unplugged: lookups just go one by one */
+    struct listing *l = listing_new(dir, p, names);
+    if (!l) {
+        vm_plug_unref(p);
+        return; /* out of memory: lookups just go one by one */
+    }
     pthread_mutex_lock(&lock);
     for (size_t i = 0; i < AHEAD_KEPT && kept[i]; i++)
         if (kept[i]->dir == dir->ino) {
@@ -205,13 +206,13 @@ void lookahead_keep(const struct node *dir, struct vm_names *names)
     pthread_mutex_unlock(&lock);
 }
 
-void lookahead_note(const struct node *dir, char *const *names, size_t count, const struct stat *st)
+void lookahead_note(const struct node *dir, const struct vm_plug *p, char *const *names,
+                    size_t count, const struct stat *st)
 {
-    struct vm_plug *p = node_plug(dir);
     uint32_t *win = calloc(count ? count : 1, sizeof *win);
     struct stat *copy = malloc((count ? count : 1) * sizeof *copy);
     pthread_mutex_lock(&lock);
-    struct listing *l = p ? find_kept(dir->ino, p) : NULL;
+    struct listing *l = find_kept(dir->ino, p);
     /* The same listing, not one taken since by another opendir. */
     uintptr_t at = (uintptr_t)names, v = l ? (uintptr_t)l->names->v : 0;
     if (l && !(at >= v && at + count * sizeof *names <= v + l->names->n * sizeof *names))
@@ -235,7 +236,6 @@ void lookahead_note(const struct node *dir, char *const *names, size_t count, co
     pthread_mutex_unlock(&lock);
     free(win);
     free(copy);
-    vm_plug_unref(p);
 }
 
 static const uint64_t *sort_ino;

@@ -87,9 +87,10 @@ static int guest_names(const struct node *dir, struct vm_names **out)
         return -1;
     int fs = fs_of(dir, p);
     *out = fs < 0 ? NULL : vm_guest_names(p, fs, dir->path, dir->st.st_size);
-    vm_plug_unref(p);
     if (*out)
-        lookahead_keep(dir, *out);
+        lookahead_keep(dir, p, *out); /* takes p */
+    else
+        vm_plug_unref(p);
     return *out ? 0 : -1;
 }
 
@@ -106,9 +107,9 @@ static int guest_list_range(const struct node *dir, char *const *names, size_t c
         r = vm_error(ENOMEM, "out of memory");
     if (r == 0)
         r = vm_guest_lstat_list(p, fs, dir->path, names, count, st);
-    vm_plug_unref(p);
     if (r == 0)
-        lookahead_note(dir, names, count, st);
+        lookahead_note(dir, p, names, count, st);
+    vm_plug_unref(p);
     for (size_t i = 0; i < count && r == 0; i++) {
         if (st[i].st_mode == 0) {
             r = dir_list_add_gone(list, names[i]);

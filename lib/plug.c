@@ -1589,10 +1589,9 @@ int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out)
     return r;
 }
 
-/* The names in directory PATH, streamed with ls0 (a readdir reply is capped
- * at 4 MiB: ~100 000 names would not fit) into a memfd, then read back into
- * one block: a name costs its length and a pointer, whatever the count. */
-/* NAMES from a BLOB of LEN bytes of NUL-terminated names (taken), "." and
+/* A directory's names are held as one block: a name costs its length and a
+ * pointer, whatever the count.  NAMES from a BLOB of LEN bytes of NUL-terminated names (taken), "."
+ * and
  * ".." left out; NULL with ENOMEM recorded. */
 static struct vm_names *names_from_blob(char *blob, size_t len)
 {

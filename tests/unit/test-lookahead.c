@@ -1,6 +1,6 @@
 /* Unit tests for fs/lookahead.c: lookups in a guest directory answered
  * from its kept listing.  fs/lookahead.c is compiled in as is; the plug and
- * the appliance are stood in for by the four functions it calls (below),
+ * the appliance are stood in for by the functions it calls (below),
  * which count the round trips a real appliance would get.
  */
 #include <setjmp.h>
@@ -22,15 +22,10 @@
 /* ---- stand-ins ---- */
 
 static char plug_a, plug_b;     /* two plugs: the same disk before and after a replug */
-static struct vm_plug *plugged; /* what node_plug answers */
+static struct vm_plug *plugged; /* the plug the directory is under */
 static size_t calls, stated;    /* lstatnslist round trips, entries asked for */
 static size_t largest;          /* the most entries in one */
 static const char *unreadable;  /* a name whose attributes the appliance cannot read */
-
-struct vm_plug *node_plug(const struct node *n)
-{
-    return plugged;
-}
 
 void vm_plug_unref(struct vm_plug *p)
 {
@@ -102,7 +97,7 @@ static int setup(void **state)
     plugged = (struct vm_plug *)&plug_a;
     calls = stated = largest = 0;
     unreadable = NULL;
-    lookahead_keep(&dir, listing);
+    lookahead_keep(&dir, plugged, listing);
     return 0;
 }
 
@@ -145,7 +140,7 @@ static void test_inode_order(void **state)
             st[i].st_ino = ino_of(first + i);
             st[i].st_mode = S_IFREG | 0644;
         }
-        lookahead_note(&dir, listing->v + first, 1000, st);
+        lookahead_note(&dir, plugged, listing->v + first, 1000, st);
     }
     /* N + 1 entries would make fts sort: here, the order itself shows it. */
     unsigned *by_ino = calloc(N, sizeof *by_ino);
@@ -174,7 +169,7 @@ static void test_readdir_window(void **state)
         st[i].st_ino = ino_of(5000 + i);
         st[i].st_mode = S_IFREG | 0600;
     }
-    lookahead_note(&dir, listing->v + 5000, 1000, st);
+    lookahead_note(&dir, plugged, listing->v + 5000, 1000, st);
     for (unsigned i = 5000; i < 6000; i++) {
         assert_int_equal(lookup(i, &one), 1);
         assert_int_equal(one.st_mode, S_IFREG | 0600);
@@ -212,12 +207,12 @@ static void test_kept_within(void **state)
     struct vm_names small = {.n = 1, .v = (char *[]){"n00007"}, .blob = "n00007", .refs = 1};
     struct node other = {.ino = 43, .path = "/other"};
     cache_limit = 4u << 20; /* a quarter holds one of N entries, not two */
-    lookahead_keep(&other, &small);
+    lookahead_keep(&other, plugged, &small);
     assert_int_equal(lookahead_stat(&other, plugged, 0, "n00008", &st), -1); /* kept */
-    lookahead_keep(&dir, listing);
+    lookahead_keep(&dir, plugged, listing);
     assert_int_equal(lookahead_stat(&other, plugged, 0, "n00008", &st), -1); /* still */
     struct node third = {.ino = 44, .path = "/third"};
-    lookahead_keep(&third, listing);
+    lookahead_keep(&third, plugged, listing);
     assert_int_equal(lookahead_stat(&dir, plugged, 0, "n99999", &st), 0); /* let go */
     assert_int_equal(lookahead_stat(&third, plugged, 0, "n99999", &st), -1);
     /* What they hold is counted (in cache_mb, with the nodes), and given back. */
