@@ -723,13 +723,62 @@ static void invalidate(fuse_ino_t ino, fuse_ino_t parent, const char *name)
     fuse_lowlevel_notify_inval_inode(session, ino, 0, 0);
 }
 
+struct forget_share {
+    struct invalidation *v;
+    size_t n;
+};
+
+static void *forget_some(void *arg)
+{
+    struct forget_share *s = arg;
+    for (size_t i = 0; i < s->n; i++) {
+        if (session && s->v[i].name)
+            fuse_lowlevel_notify_inval_entry(session, s->v[i].parent, s->v[i].name,
+                                             strlen(s->v[i].name));
+        free(s->v[i].name);
+    }
+    return NULL;
+}
+
+/*
+ * Invalidating an entry takes its directory's lock, which the kernel holds
+ * (shared) through each LOOKUP in it, and readers keep taking it while one
+ * invalidation waits: one thread got ~4 000 through a second while find
+ * stat'ed a directory of 100 000 entries at ~25 000 lookups a second, and
+ * the nodes piled up (RSS +20 to +34 MB with -o cache_mb=2).  Many
+ * invalidations waiting at once take the lock in turn: a large batch is
+ * shared among up to FORGET_THREADS threads (measured: 4 threads +13 MB,
+ * 16 threads +4 MB, find as fast).
+ */
+#define FORGET_THREADS 16
+#define FORGET_SHARE   64
+
 void fs_forget_entries(struct invalidation *v, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (session && v[i].name)
-            fuse_lowlevel_notify_inval_entry(session, v[i].parent, v[i].name, strlen(v[i].name));
-        free(v[i].name);
+    struct forget_share share[FORGET_THREADS];
+    pthread_t th[FORGET_THREADS];
+    size_t nth = n / FORGET_SHARE < FORGET_THREADS ? n / FORGET_SHARE : FORGET_THREADS;
+    if (nth < 2) {
+        struct forget_share all = {v, n};
+        forget_some(&all);
+        return;
     }
+    size_t started = 0, at = 0;
+    for (size_t t = 0; t < nth; t++) {
+        share[t] = (struct forget_share){v + at, n / nth + (t < n % nth)};
+        at += share[t].n;
+    }
+    for (size_t t = 1; t < nth; t++)
+        if (pthread_create(&th[t], NULL, forget_some, &share[t]) == 0)
+            started = t;
+        else
+            break;
+    /* What could not get a thread of its own is done here. */
+    for (size_t t = started + 1; t < nth; t++)
+        forget_some(&share[t]);
+    forget_some(&share[0]);
+    for (size_t t = 1; t <= started; t++)
+        pthread_join(th[t], NULL);
 }
 
 void fs_host_changed(void *opaque, struct vm_host *h, const char *domain_uuid)
