@@ -94,6 +94,22 @@ static struct appliance_entry *appls;
 static size_t nappls;
 static struct backup_job **jobs;
 static size_t njobs;
+
+/* What LVM each disk held when it was last plugged: a clone plugged again
+ * beside its original goes straight to an appliance of its own, instead of
+ * being attached, probed and detached in the shared one first.  Only a
+ * hint: a disk changed since is probed, and a clash found, as ever. */
+struct lvm_memo {
+    struct vm_host *host;
+    char uuid[37];
+    char *disk;
+    char **pv_uuids;
+    size_t npvs;
+    char **vgs;
+    size_t nvgs;
+};
+static struct lvm_memo *memos; /* under table_lock */
+static size_t nmemos;
 static pthread_t reaper;
 static bool reaper_running, reaper_stop;
 
@@ -1038,6 +1054,100 @@ static int plug_into(struct vm_plug *p, struct vm_appliance *a, const char *gues
     return r;
 }
 
+static void memo_clear(struct lvm_memo *m)
+{
+    free(m->disk);
+    free_strings(m->pv_uuids);
+    free_strings(m->vgs);
+    memset(m, 0, sizeof *m);
+}
+
+static struct lvm_memo *memo_find_locked(const struct vm_host *h, const char *uuid,
+                                         const char *disk)
+{
+    for (size_t i = 0; i < nmemos; i++)
+        if (memos[i].host == h && strcmp(memos[i].uuid, uuid) == 0 &&
+            strcmp(memos[i].disk, disk) == 0)
+            return &memos[i];
+    return NULL;
+}
+
+static char **copy_strings_n(char **v, size_t n)
+{
+    char **c = calloc(n + 1, sizeof *c);
+    for (size_t i = 0; c && i < n; i++)
+        if (!(c[i] = strdup(v[i]))) {
+            free_strings(c);
+            return NULL;
+        }
+    return c;
+}
+
+/* Remember what LVM P's disk holds (nothing, if none).  Out of memory, the
+ * memo is just not kept. */
+static void memo_record(const struct vm_plug *p)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    struct lvm_memo *m = memo_find_locked(p->host, p->uuid, p->disk);
+    if (m) {
+        struct vm_host *h = m->host;
+        memo_clear(m);
+        m->host = h;
+    }
+    if (!p->npvs) {
+        if (m) /* keep the table dense: the last entry takes its place */
+            *m = memos[--nmemos];
+        return;
+    }
+    if (!m) {
+        struct lvm_memo *v = realloc(memos, (nmemos + 1) * sizeof *v);
+        if (!v)
+            return;
+        memos = v;
+        m = &memos[nmemos++];
+        memset(m, 0, sizeof *m);
+        m->host = p->host;
+    }
+    snprintf(m->uuid, sizeof m->uuid, "%s", p->uuid);
+    m->disk = strdup(p->disk);
+    m->pv_uuids = copy_strings_n(p->pv_uuids, p->npvs);
+    m->vgs = copy_strings_n(p->vgs, p->nvgs);
+    if (!m->disk || !m->pv_uuids || !m->vgs) {
+        memo_clear(m);
+        *m = memos[--nmemos];
+        return;
+    }
+    m->npvs = p->npvs;
+    m->nvgs = p->nvgs;
+}
+
+/* Would this disk, as last plugged, clash with a drive now in an appliance
+ * it could share (with isolate=domain, its domain's)? */
+static bool memo_clashes(struct vm_host *h, const char *uuid, const char *disk)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    const struct lvm_memo *m = memo_find_locked(h, uuid, disk);
+    for (size_t i = 0; m && i < nplugs; i++) {
+        const struct vm_plug *o = plugs[i];
+        const struct appliance_entry *e = NULL;
+        for (size_t j = 0; j < nappls && !e; j++)
+            if (appls[j].appliance == o->appliance)
+                e = &appls[j];
+        if (o->host != h || !e || e->reserved ||
+            (vm_settings.isolate_domain && strcmp(e->owner, uuid) != 0))
+            continue;
+        for (size_t j = 0; j < o->npvs; j++)
+            for (size_t k = 0; k < m->npvs; k++)
+                if (strcmp(o->pv_uuids[j], m->pv_uuids[k]) == 0)
+                    return true;
+        for (size_t j = 0; j < o->nvgs; j++)
+            for (size_t k = 0; k < m->nvgs; k++)
+                if (strcmp(o->vgs[j], m->vgs[k]) == 0)
+                    return true;
+    }
+    return false;
+}
+
 static bool is_live(int state)
 {
     return state != VIR_DOMAIN_SHUTOFF && state != VIR_DOMAIN_CRASHED;
@@ -1100,10 +1210,17 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
     vm_domain_unref(domain);
 
     /* Into the chosen appliance; a clone whose LVM names clash with a drive
-     * there goes to an appliance of its own. */
-    struct vm_appliance *a = appliance_take(h, uuid, false);
+     * there goes to an appliance of its own: at once when its last plug
+     * says it will. */
+    bool known = memo_clashes(h, uuid, disk_name);
+    if (known)
+        vm_notice(VM_NOTICE_INFO,
+                  "host %s: %s: its LVM names, as at its last plug, clash with a drive "
+                  "plugged (a cloned guest?): it gets an appliance of its own",
+                  vm_host_name(h), disk_name);
+    struct vm_appliance *a = appliance_take(h, uuid, known);
     int r = a ? plug_into(p, a, guest_xml, target) : -1;
-    if (r == PLUG_CLASH) {
+    if (r == PLUG_CLASH && !known) {
         appliance_put(a);
         vm_notice(VM_NOTICE_INFO,
                   "host %s: %s: its LVM names clash with a drive already "
@@ -1125,6 +1242,7 @@ int vm_plug_disk(struct vm_host *h, const char *uuid, const char *disk_name)
         return vm_error(e, "cannot plug %s: %s", disk_name, msg);
     }
 
+    memo_record(p);
     pthread_mutex_lock(&table_lock);
     struct vm_plug **v = realloc(plugs, (nplugs + 1) * sizeof *v);
     if (v) {
@@ -1328,6 +1446,13 @@ void vm_plugs_shutdown(void)
     for (size_t i = 0; i < n; i++)
         vm_appliance_free(v[i].appliance);
     free(v);
+    pthread_mutex_lock(&table_lock);
+    for (size_t i = 0; i < nmemos; i++)
+        memo_clear(&memos[i]);
+    free(memos);
+    memos = NULL;
+    nmemos = 0;
+    pthread_mutex_unlock(&table_lock);
 }
 
 int vm_plug_status(struct vm_host *h, char **buf, size_t *len)

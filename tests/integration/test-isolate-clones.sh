@@ -10,7 +10,8 @@
 #    so), and each disk shows its own LVs with its own content;
 #  - a third, plain disk goes to the shared appliance, not the clone's;
 #  - the clone unplugged and plugged again: into its appliance again, no
-#    third one;
+#    third one, and straight there (the log says its last plug told), not
+#    through a probe in the shared appliance first;
 #  - unmounted: nothing remains.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/images.sh"
@@ -111,6 +112,8 @@ say "plug the clone again: $PLUG_MS ms"
 assert_eq "still two appliances" "$(sort <<<"$names")" "$(appliance_domains)"
 assert_eq "still two in .status" "$names" "$(live_appliances "$M")"
 holds "$own" "$I/clone.raw" || fail "the clone, plugged again, is not in $own"
+assert_eq "clashes found by probing" 1 "$(grep -c 'clash with a drive already plugged' "$LOG")"
+assert_eq "clashes known from the last plug" 1 "$(grep -c 'as at its last plug, clash' "$LOG")"
 assert_tree_same "$T/croot" "$C/lv-vgclone-root" "the clone's root LV, plugged again"
 assert_tree_same "$T/ohome" "$O/lv-vgclone-my--home" "the original's my-home LV, still"
 
