@@ -294,17 +294,24 @@ static struct vm_appliance *appliance_take(struct vm_host *h, const char *uuid, 
 
 static void start_reaper_locked(void);
 
+/* A's entry in the table, or NULL; under table_lock. */
+static struct appliance_entry *entry_of_locked(const struct vm_appliance *a)
+{
+    for (size_t i = 0; i < nappls; i++)
+        if (appls[i].appliance == a)
+            return &appls[i];
+    return NULL;
+}
+
 /* One plug less in A; an empty appliance starts counting its idle time. */
 static void appliance_put(struct vm_appliance *a)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    for (size_t i = 0; i < nappls; i++)
-        if (appls[i].appliance == a) {
-            if (appls[i].load > 0)
-                appls[i].load--;
-            if (appls[i].load == 0)
-                appls[i].idle_since = time(NULL);
-        }
+    struct appliance_entry *e = entry_of_locked(a);
+    if (e && e->load > 0)
+        e->load--;
+    if (e && e->load == 0)
+        e->idle_since = time(NULL);
     start_reaper_locked();
 }
 
@@ -593,22 +600,33 @@ static int activate_vg(guestfs_h *g, const char *vg)
     return 0;
 }
 
-/* Does another plug in P's appliance hold one of these PVs, or a VG named VG? */
+/* Does plug O hold one of the PVs PVS or, VGS being non-NULL, one of the
+ * VGs VGS ("": any VG at all)? */
+static bool holds_lvm(const struct vm_plug *o, char *const *pvs, size_t npvs, char *const *vgs,
+                      size_t nvgs)
+{
+    for (size_t j = 0; j < o->npvs; j++)
+        for (size_t k = 0; k < npvs; k++)
+            if (strcmp(o->pv_uuids[j], pvs[k]) == 0)
+                return true;
+    for (size_t j = 0; vgs && j < o->nvgs; j++)
+        for (size_t k = 0; k < nvgs; k++)
+            if (!*vgs[k] || strcmp(o->vgs[j], vgs[k]) == 0)
+                return true;
+    return false;
+}
+
+/* Does another plug in P's appliance hold one of these PVs, or a VG named VG
+ * ("": any VG at all, ours hides behind one of the same name)? */
 static bool clashes(const struct vm_plug *p, const char *vg)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    char *vgs[] = {(char *)vg};
     for (size_t i = 0; i < nplugs; i++) {
         const struct vm_plug *o = plugs[i];
-        if (o == p || o->appliance != p->appliance)
-            continue;
-        for (size_t j = 0; j < o->npvs; j++)
-            for (size_t k = 0; !vg && k < p->npvs; k++)
-                if (strcmp(o->pv_uuids[j], p->pv_uuids[k]) == 0)
-                    return true;
-        /* VG "": any VG at all (ours hides behind one of the same name). */
-        for (size_t j = 0; vg && j < o->nvgs; j++)
-            if (!*vg || strcmp(o->vgs[j], vg) == 0)
-                return true;
+        if (o != p && o->appliance == p->appliance &&
+            (vg ? holds_lvm(o, NULL, 0, vgs, 1) : holds_lvm(o, p->pv_uuids, p->npvs, NULL, 0)))
+            return true;
     }
     return false;
 }
@@ -1087,38 +1105,27 @@ static char **copy_strings_n(char **v, size_t n)
  * memo is just not kept. */
 static void memo_record(const struct vm_plug *p)
 {
+    struct lvm_memo fresh = {.host = p->host, .npvs = p->npvs, .nvgs = p->nvgs};
+    snprintf(fresh.uuid, sizeof fresh.uuid, "%s", p->uuid);
+    if (p->npvs) {
+        fresh.disk = strdup(p->disk);
+        fresh.pv_uuids = copy_strings_n(p->pv_uuids, p->npvs);
+        fresh.vgs = copy_strings_n(p->vgs, p->nvgs);
+    }
+    bool keep = fresh.disk && fresh.pv_uuids && fresh.vgs;
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    struct lvm_memo *m = memo_find_locked(p->host, p->uuid, p->disk);
-    if (m) {
-        struct vm_host *h = m->host;
-        memo_clear(m);
-        m->host = h;
+    struct lvm_memo *old = memo_find_locked(p->host, p->uuid, p->disk);
+    if (old) {
+        memo_clear(old);
+        *old = memos[--nmemos]; /* the last entry takes its place */
     }
-    if (!p->npvs) {
-        if (m) /* keep the table dense: the last entry takes its place */
-            *m = memos[--nmemos];
-        return;
-    }
-    if (!m) {
-        struct lvm_memo *v = realloc(memos, (nmemos + 1) * sizeof *v);
-        if (!v)
-            return;
+    struct lvm_memo *v = keep ? realloc(memos, (nmemos + 1) * sizeof *v) : NULL;
+    if (v) {
         memos = v;
-        m = &memos[nmemos++];
-        memset(m, 0, sizeof *m);
-        m->host = p->host;
+        memos[nmemos++] = fresh;
+    } else {
+        memo_clear(&fresh);
     }
-    snprintf(m->uuid, sizeof m->uuid, "%s", p->uuid);
-    m->disk = strdup(p->disk);
-    m->pv_uuids = copy_strings_n(p->pv_uuids, p->npvs);
-    m->vgs = copy_strings_n(p->vgs, p->nvgs);
-    if (!m->disk || !m->pv_uuids || !m->vgs) {
-        memo_clear(m);
-        *m = memos[--nmemos];
-        return;
-    }
-    m->npvs = p->npvs;
-    m->nvgs = p->nvgs;
 }
 
 /* Would this disk, as last plugged, clash with a drive now in an appliance
@@ -1129,21 +1136,11 @@ static bool memo_clashes(struct vm_host *h, const char *uuid, const char *disk)
     const struct lvm_memo *m = memo_find_locked(h, uuid, disk);
     for (size_t i = 0; m && i < nplugs; i++) {
         const struct vm_plug *o = plugs[i];
-        const struct appliance_entry *e = NULL;
-        for (size_t j = 0; j < nappls && !e; j++)
-            if (appls[j].appliance == o->appliance)
-                e = &appls[j];
-        if (o->host != h || !e || e->reserved ||
-            (vm_settings.isolate_domain && strcmp(e->owner, uuid) != 0))
-            continue;
-        for (size_t j = 0; j < o->npvs; j++)
-            for (size_t k = 0; k < m->npvs; k++)
-                if (strcmp(o->pv_uuids[j], m->pv_uuids[k]) == 0)
-                    return true;
-        for (size_t j = 0; j < o->nvgs; j++)
-            for (size_t k = 0; k < m->nvgs; k++)
-                if (strcmp(o->vgs[j], m->vgs[k]) == 0)
-                    return true;
+        const struct appliance_entry *e = entry_of_locked(o->appliance);
+        if (o->host == h && e && !e->reserved &&
+            (!vm_settings.isolate_domain || strcmp(e->owner, uuid) == 0) &&
+            holds_lvm(o, m->pv_uuids, m->npvs, m->vgs, m->nvgs))
+            return true;
     }
     return false;
 }
@@ -1715,9 +1712,9 @@ int vm_guest_statvfs(struct vm_plug *p, int fs, struct statvfs *out)
 }
 
 /* A directory's names are held as one block: a name costs its length and a
- * pointer, whatever the count.  NAMES from a BLOB of LEN bytes of NUL-terminated names (taken), "."
- * and
- * ".." left out; NULL with ENOMEM recorded. */
+ * pointer, whatever the count.  The names from BLOB, LEN bytes of
+ * NUL-terminated names (taken), "." and ".." left out; NULL with ENOMEM
+ * recorded. */
 static struct vm_names *names_from_blob(char *blob, size_t len)
 {
     struct vm_names *names = calloc(1, sizeof *names);
