@@ -107,8 +107,12 @@ struct node {
      * once, atomically, by inode_set_xattrs: readers need no lock). */
     struct vm_xattrs xattrs;
     bool xattrs_known;
+    /* NODE_GUEST: its whole content went to the kernel's page cache (read
+     * ahead, or read whole); under the table's lock. */
+    bool stored;
     struct node *hash_next;
     struct node *up, *kids, *kid_prev, *kid_next; /* the parent's node and its children */
+    struct node *kids_last;                       /* the last of kids */
     struct node *lru_prev, *lru_next;             /* NODE_GUEST: in the table's LRU list */
     size_t trimming; /* the bytes it holds, while the kernel is being asked to forget it */
 };
@@ -145,6 +149,28 @@ bool inode_cache_full(void);
 size_t inode_xattrs_wanted(const struct node *n, fuse_ino_t *inos, char **names, size_t max);
 /** Node INO's extended attributes are X (taken over), unless already known. */
 void inode_set_xattrs(fuse_ino_t ino, struct vm_xattrs *x);
+/** A file prefetch.c may read ahead: its inode, size and name in its directory. */
+struct prefetch_entry {
+    fuse_ino_t ino;
+    off_t size;
+    char *name;
+    int state; /* prefetch.c's */
+};
+/**
+ * The regular files of 1 to MAX_SIZE bytes in N's directory that the
+ * table knows (N among them) and has not stored, unordered, in *OUT
+ * (malloc'd, names too).
+ */
+size_t inode_small_siblings(const struct node *n, off_t max_size, struct prefetch_entry **out);
+/** File INO's whole content is in the kernel's page cache: not to be read ahead. */
+void inode_set_stored(fuse_ino_t ino);
+void inode_unset_stored(fuse_ino_t ino);
+/**
+ * The kernel asked for N's content although it had it: its page cache was
+ * reclaimed, the rest of the directory's likely too.  Returns whether N was
+ * stored.
+ */
+bool inode_unstore_siblings(const struct node *n);
 /** Whether N's extended attributes are known. */
 bool node_xattrs_known(const struct node *n);
 /** The hosts of the mount. */
@@ -248,6 +274,31 @@ int lookahead_stat(const struct node *dir, struct vm_plug *p, int fs, const char
 size_t lookahead_memory(void);
 void lookahead_clear(void);
 
+/* ---- prefetch.c: a directory's small files read ahead of their opens ---- */
+
+/** What prefetch.c reads with (node-guest.c's; a unit test's stand-in). */
+struct prefetch_io {
+    /** inode_small_siblings, or a stand-in. */
+    size_t (*siblings)(const struct node *n, off_t max_size, struct prefetch_entry **out);
+    /** What fetch needs to read in N's directory (a plug reference...); NULL: cannot. */
+    void *(*dir_open)(const struct node *n);
+    /** Read SIZE bytes, the whole of file NAME of that directory. */
+    ssize_t (*fetch)(void *dir, const char *name, char *buf, size_t size);
+    /** Whether what fetch reads is still what the tree shows (not unplugged). */
+    bool (*current)(void *dir);
+    void (*dir_close)(void *dir);
+};
+/** Where a file read ahead goes: the kernel's page cache (ops.c)... */
+typedef void (*prefetch_store_fn)(fuse_ino_t ino, const char *buf, size_t size);
+/** ...and how it leaves it, when it was stored too late (an unplug). */
+typedef void (*prefetch_drop_fn)(fuse_ino_t ino);
+/** Start the threads that read ahead. */
+void prefetch_init(prefetch_store_fn store, prefetch_drop_fn drop);
+/** Guest file N is being opened (it may wait for its fetch in flight). */
+void prefetch_open(const struct node *n, const struct prefetch_io *io);
+/** Stop the threads; forget every scan. */
+void prefetch_stop(void);
+
 extern const struct node_ops node_root_ops, node_status_ops, node_host_ops, node_domain_ops,
     node_domain_file_ops, node_devices_ops, node_device_ops, node_device_file_ops, node_disks_ops,
     node_plugged_ops, node_plugged_file_ops, node_guest_ops;
@@ -289,6 +340,10 @@ extern const struct fuse_lowlevel_ops fs_ops;
 /** The host listener: invalidates the kernel's caches after a change. */
 void fs_host_changed(void *opaque, struct vm_host *h, const char *domain_uuid);
 void fs_set_session(struct fuse_session *se);
+/** Put SIZE bytes of file INO, from its start, in the kernel's page cache. */
+void fs_store_pages(fuse_ino_t ino, const char *buf, size_t size);
+/** Drop file INO's pages from the kernel's page cache. */
+void fs_drop_pages(fuse_ino_t ino);
 /** Ask the kernel to forget the entries of V (names freed here). */
 void fs_forget_entries(struct invalidation *v, size_t n);
 

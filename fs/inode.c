@@ -79,8 +79,9 @@ bool node_xattrs_known(const struct node *n)
     return n->kind == NODE_GUEST && __atomic_load_n(&n->xattrs_known, __ATOMIC_ACQUIRE);
 }
 
-/* Children lists: a directory's known children whose extended attributes
- * are not known yet, for fetching those together. */
+/* Children lists: a directory's known children, those whose extended
+ * attributes are not known yet first (fetched together), the others after
+ * them (kids_last); read ahead from together (inode_small_siblings). */
 static void kid_unlink(struct node *n)
 {
     if (!n->up)
@@ -91,18 +92,31 @@ static void kid_unlink(struct node *n)
         n->up->kids = n->kid_next;
     if (n->kid_next)
         n->kid_next->kid_prev = n->kid_prev;
+    else
+        n->up->kids_last = n->kid_prev;
     n->up = n->kid_prev = n->kid_next = NULL;
 }
 
 static void kid_link(struct node *n, struct node *up)
 {
     kid_unlink(n);
-    if (!up || up == n || node_xattrs_known(n))
+    if (!up || up == n)
         return;
     n->up = up;
+    if (node_xattrs_known(n)) { /* at the end */
+        n->kid_prev = up->kids_last;
+        if (up->kids_last)
+            up->kids_last->kid_next = n;
+        else
+            up->kids = n;
+        up->kids_last = n;
+        return;
+    }
     n->kid_next = up->kids;
     if (up->kids)
         up->kids->kid_prev = n;
+    else
+        up->kids_last = n;
     up->kids = n;
 }
 
@@ -487,14 +501,76 @@ size_t inode_xattrs_wanted(const struct node *n, fuse_ino_t *inos, char **names,
      * seen at, and may be the child of another directory now.  Only nodes
      * whose xattrs are not known are on these lists (inode_set_xattrs). */
     for (struct node *k = n->up ? n->up->kids : NULL; k && count < max; k = k->kid_next) {
+        if (node_xattrs_known(k))
+            break; /* the rest are known too */
         const char *name = k == n || k->kind != NODE_GUEST ? NULL : name_in(k->path, n->path, len);
-        if (!name || node_xattrs_known(k))
+        if (!name)
             continue;
         if (!(names[count] = strdup(name)))
             break;
         inos[count++] = k->ino;
     }
     return count;
+}
+
+size_t inode_small_siblings(const struct node *n, off_t max_size, struct prefetch_entry **out)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    *out = NULL;
+    const char *slash = strrchr(n->path, '/');
+    struct node *up = slash ? n->up : NULL;
+    if (!up)
+        return 0;
+    size_t len = slash == n->path ? 1 : (size_t)(slash - n->path), count = 0, cap = 0;
+    for (struct node *k = up->kids; k; k = k->kid_next) {
+        const char *name = k->kind != NODE_GUEST || !S_ISREG(k->st.st_mode) ||
+                                   k->st.st_size > max_size || k->st.st_size == 0 || k->stored
+                               ? NULL
+                               : name_in(k->path, n->path, len);
+        if (!name)
+            continue;
+        if (count == cap) {
+            size_t ncap = cap ? 2 * cap : 64;
+            struct prefetch_entry *v = realloc(*out, ncap * sizeof *v);
+            if (!v)
+                break;
+            *out = v;
+            cap = ncap;
+        }
+        struct prefetch_entry *e = &(*out)[count];
+        *e = (struct prefetch_entry){.ino = k->ino, .size = k->st.st_size, .name = strdup(name)};
+        if (!e->name)
+            break;
+        count++;
+    }
+    return count;
+}
+
+void inode_set_stored(fuse_ino_t ino)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    struct node *n = find_locked(ino);
+    if (n && n->kind == NODE_GUEST)
+        n->stored = true;
+}
+
+void inode_unset_stored(fuse_ino_t ino)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    struct node *n = find_locked(ino);
+    if (n)
+        n->stored = false;
+}
+
+bool inode_unstore_siblings(const struct node *n)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    if (!n->stored)
+        return false;
+    for (struct node *k = n->up ? n->up->kids : NULL; k; k = k->kid_next)
+        k->stored = false;
+    ((struct node *)n)->stored = false;
+    return true;
 }
 
 void inode_set_xattrs(fuse_ino_t ino, struct vm_xattrs *x)
@@ -511,7 +587,7 @@ void inode_set_xattrs(fuse_ino_t ino, struct vm_xattrs *x)
     *x = (struct vm_xattrs){0};
     guest_memory += node_memory(n);
     __atomic_store_n(&n->xattrs_known, true, __ATOMIC_RELEASE);
-    kid_unlink(n); /* the lists are for finding those still unknown */
+    kid_link(n, n->up); /* to the end of its directory's list */
     if (over_high())
         pthread_cond_signal(&trim_cond);
 }

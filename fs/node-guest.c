@@ -129,6 +129,73 @@ static int guest_list_range(const struct node *dir, char *const *names, size_t c
     return r;
 }
 
+/* What prefetch.c reads a directory's files with. */
+struct guest_dir {
+    struct vm_plug *plug;
+    int fs;
+    char *path;
+    struct vm_host *host; /* and uuid, disk: where the plug is found */
+    char uuid[37];
+    char *disk;
+};
+
+static void *guest_dir_open(const struct node *n)
+{
+    struct guest_dir *d = calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    d->plug = node_plug(n);
+    d->fs = d->plug ? fs_of(n, d->plug) : -1;
+    d->path = d->fs < 0 ? NULL : parent_path(n->path);
+    d->host = n->host;
+    memcpy(d->uuid, n->uuid, sizeof d->uuid);
+    d->disk = n->disk ? strdup(n->disk) : NULL;
+    if (!d->path || !d->disk) {
+        vm_plug_unref(d->plug);
+        free(d->path);
+        free(d->disk);
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+/* Whether the disk is still plugged as it was: not unplugged, nor replugged
+ * (a running guest's new point in time). */
+static bool guest_dir_current(void *dir)
+{
+    struct guest_dir *d = dir;
+    struct vm_plug *p = vm_plug_find(d->host, d->uuid, d->disk);
+    vm_plug_unref(p);
+    return p == d->plug;
+}
+
+static ssize_t guest_dir_fetch(void *dir, const char *name, char *buf, size_t size)
+{
+    struct guest_dir *d = dir;
+    CLEANUP_FREE char *path = NULL;
+    if (asprintf(&path, "%s%s%s", d->path, strcmp(d->path, "/") ? "/" : "", name) < 0)
+        return vm_error(ENOMEM, "out of memory");
+    return vm_guest_pread(d->plug, d->fs, path, buf, size, 0);
+}
+
+static void guest_dir_close(void *dir)
+{
+    struct guest_dir *d = dir;
+    vm_plug_unref(d->plug);
+    free(d->path);
+    free(d->disk);
+    free(d);
+}
+
+static const struct prefetch_io guest_prefetch_io = {
+    .siblings = inode_small_siblings,
+    .dir_open = guest_dir_open,
+    .fetch = guest_dir_fetch,
+    .current = guest_dir_current,
+    .dir_close = guest_dir_close,
+};
+
 struct guest_file {
     struct vm_plug *plug;
     int fs;
@@ -153,6 +220,7 @@ static int guest_open(const struct node *n, void **handle)
     f->path = n->path;
     readahead_init(&f->ra);
     *handle = f;
+    prefetch_open(n, &guest_prefetch_io);
     return 0;
 }
 
@@ -165,7 +233,13 @@ static ssize_t fetch(void *ctx, char *buf, size_t size, off_t off)
 static ssize_t guest_read(const struct node *n, void *handle, char *buf, size_t size, off_t off)
 {
     struct guest_file *f = handle;
-    return readahead_read(&f->ra, buf, size, off, n->st.st_size, fetch, f);
+    if (off == 0)
+        inode_unstore_siblings(n);
+    ssize_t got = readahead_read(&f->ra, buf, size, off, n->st.st_size, fetch, f);
+    /* Read whole: in the page cache now, like a file read ahead. */
+    if (off == 0 && got == n->st.st_size)
+        inode_set_stored(n->ino);
+    return got;
 }
 
 static void guest_release(const struct node *n, void *handle)

@@ -714,6 +714,24 @@ static void log_transition(struct vm_host *h)
         fs_log(LOG_WARNING, "host %s: down: %s", vm_host_name(h), reason ? reason : "unknown");
 }
 
+void fs_store_pages(fuse_ino_t ino, const char *buf, size_t size)
+{
+    if (!session)
+        return;
+    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+    bv.buf[0].mem = (void *)buf;
+    /* ENOENT: the kernel has forgotten the file since; nothing lost. */
+    if (fuse_lowlevel_notify_store(session, ino, 0, &bv, 0) == 0)
+        inode_set_stored(ino);
+}
+
+void fs_drop_pages(fuse_ino_t ino)
+{
+    inode_unset_stored(ino);
+    if (session)
+        fuse_lowlevel_notify_inval_inode(session, ino, 0, 0);
+}
+
 static void invalidate(fuse_ino_t ino, fuse_ino_t parent, const char *name)
 {
     if (!session || !ino)

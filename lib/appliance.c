@@ -32,11 +32,31 @@
 #define KVM_BOOT_TIMEOUT_MS 30000
 #define TCG_BOOT_TIMEOUT_MS 240000
 #define CHANNEL_NAME        "org.libguestfs.channel.0"
+#define READER_NAME         "org.virtmount.reader.%u"
+/* A reader's guestfsd starts at udev's coldplug, before the main one: its
+ * flag is normally there when the main one's comes. */
+#define READER_FLAG_TIMEOUT_MS 5000
 
 /* Whoever finds it BOOTING or STOPPING waits for the outcome.  The lock is
  * never held across anything slow, so .status and plugs of other
  * appliances never wait on a boot. */
 enum state { STOPPED, BOOTING, RUNNING, STOPPING };
+
+/* Where the connector of one handle hands its socket over. */
+struct relay {
+    struct vm_appliance *a;
+    unsigned index; /* 0: the main channel; i: reader i */
+    int fd;
+    int watch;
+};
+
+/* A reader: a second guestfsd in the same appliance, on a channel of its own,
+ * for reads of files and images (see vm_appliance_reader). */
+struct reader {
+    pthread_mutex_t lock; /* held through each call, like handle_lock */
+    guestfs_h *g;         /* NULL: none this boot, or gone */
+    struct vm_channel *channel;
+};
 
 struct vm_appliance {
     pthread_mutex_t lock;
@@ -54,8 +74,8 @@ struct vm_appliance {
     virDomainPtr dom;
     struct vm_channel *channel;
     struct vm_channel *console;
-    int relay_fd;
-    int relay_watch;
+    struct relay relays[1 + VM_APPLIANCE_READERS];
+    struct reader readers[VM_APPLIANCE_READERS];
     struct vm_appliance_files files;
 
     pthread_mutex_t handle_lock;
@@ -126,8 +146,10 @@ struct vm_appliance *vm_appliance_new(struct vm_host *h, unsigned index,
     pthread_cond_init(&a->cond, NULL);
     pthread_mutex_init(&a->handle_lock, NULL);
     a->host = h;
-    a->relay_fd = -1;
-    a->relay_watch = -1;
+    for (unsigned i = 0; i <= VM_APPLIANCE_READERS; i++)
+        a->relays[i] = (struct relay){.a = a, .index = i, .fd = -1, .watch = -1};
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++)
+        pthread_mutex_init(&a->readers[i].lock, NULL);
     a->on_dead = on_dead;
     a->on_dead_opaque = opaque;
     if (asprintf(&a->name, "%s%s-%u", VM_APPLIANCE_PREFIX, vm_instance_id(), index) < 0) {
@@ -192,10 +214,11 @@ static int receive_fd(int sock)
     return fd;
 }
 
-/* On the event loop: the connector calls once per boot. */
+/* On the event loop: the connector calls once per boot and handle. */
 static void relay_cb(int watch, int fd, int events, void *opaque)
 {
-    struct vm_appliance *a = opaque;
+    struct relay *rl = opaque;
+    struct vm_appliance *a = rl->a;
     int conn = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
     if (conn < 0)
         return;
@@ -208,20 +231,21 @@ static void relay_cb(int watch, int fd, int events, void *opaque)
     }
     int handle_fd = receive_fd(conn);
     pthread_mutex_lock(&a->lock);
-    if (handle_fd >= 0 && a->channel && vm_channel_attach(a->channel, handle_fd) < 0)
+    struct vm_channel *c = rl->index ? a->readers[rl->index - 1].channel : a->channel;
+    if (handle_fd >= 0 && c && vm_channel_attach(c, handle_fd) < 0)
         close(handle_fd);
     /* The connector stays connected to the relay until the handle closes;
-     * keep CONN open for that long by leaking it into the appliance. */
-    if (a->relay_watch >= 0) {
-        virEventRemoveHandle(a->relay_watch);
-        a->relay_watch = -1;
+     * keep CONN open for that long by leaking it into the relay. */
+    if (rl->watch >= 0) {
+        virEventRemoveHandle(rl->watch);
+        rl->watch = -1;
     }
-    close(a->relay_fd);
-    a->relay_fd = conn;
+    close(rl->fd);
+    rl->fd = conn;
     pthread_mutex_unlock(&a->lock);
 }
 
-static int relay_listen(struct vm_appliance *a, char *name, size_t size)
+static int relay_listen(struct relay *rl, char *name, size_t size)
 {
     static unsigned counter;
     snprintf(name, size, "virtmount-%d-%u", (int)getpid(),
@@ -239,21 +263,21 @@ static int relay_listen(struct vm_appliance *a, char *name, size_t size)
         close(fd);
         return vm_error(e, "cannot listen on the relay socket: %s", strerror(e));
     }
-    a->relay_fd = fd;
-    a->relay_watch = virEventAddHandle(fd, VIR_EVENT_HANDLE_READABLE, relay_cb, a, NULL);
-    if (a->relay_watch < 0)
+    rl->fd = fd;
+    rl->watch = virEventAddHandle(fd, VIR_EVENT_HANDLE_READABLE, relay_cb, rl, NULL);
+    if (rl->watch < 0)
         return vm_error_libvirt(EIO, "cannot watch the relay socket");
     return 0;
 }
 
-static void relay_close(struct vm_appliance *a)
+static void relay_close(struct relay *rl)
 {
-    if (a->relay_watch >= 0)
-        virEventRemoveHandle(a->relay_watch);
-    a->relay_watch = -1;
-    if (a->relay_fd >= 0)
-        close(a->relay_fd);
-    a->relay_fd = -1;
+    if (rl->watch >= 0)
+        virEventRemoveHandle(rl->watch);
+    rl->watch = -1;
+    if (rl->fd >= 0)
+        close(rl->fd);
+    rl->fd = -1;
 }
 
 /* ---- boot and stop ----------------------------------------------------- */
@@ -301,10 +325,24 @@ static void teardown(struct vm_appliance *a)
     pthread_mutex_unlock(&a->handle_lock);
     if (g)
         guestfs_close(g); /* SIGTERMs the connector; autosync is off */
+    struct vm_channel *readers[VM_APPLIANCE_READERS];
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++) {
+        struct reader *rd = &a->readers[i];
+        pthread_mutex_lock(&rd->lock);
+        if (rd->g)
+            guestfs_close(rd->g);
+        rd->g = NULL;
+        pthread_mutex_unlock(&rd->lock);
+    }
     pthread_mutex_lock(&a->lock);
     struct vm_channel *channel = a->channel, *console = a->console;
     a->channel = a->console = NULL;
-    relay_close(a);
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++) {
+        readers[i] = a->readers[i].channel;
+        a->readers[i].channel = NULL;
+    }
+    for (unsigned i = 0; i <= VM_APPLIANCE_READERS; i++)
+        relay_close(&a->relays[i]);
     virDomainPtr dom = a->dom;
     virConnectPtr conn = a->conn;
     a->dom = NULL;
@@ -315,6 +353,8 @@ static void teardown(struct vm_appliance *a)
     pthread_mutex_unlock(&a->lock);
     vm_channel_close(channel);
     vm_channel_close(console);
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++)
+        vm_channel_close(readers[i]);
     if (dom) {
         virDomainDestroy(dom);
         virDomainFree(dom);
@@ -323,16 +363,21 @@ static void teardown(struct vm_appliance *a)
         virConnectClose(conn);
 }
 
-static int launch_handle(struct vm_appliance *a, const char *relay_name)
+/* A handle joined to the channel relay RL serves (NULL: error). */
+static guestfs_h *launch_handle(struct vm_appliance *a, struct relay *rl)
 {
-    CLEANUP_FREE char *connector = vm_helper_path("virtmount-connector");
+    char relay_name[64];
+    pthread_mutex_lock(&a->lock);
+    int r = relay_listen(rl, relay_name, sizeof relay_name);
+    pthread_mutex_unlock(&a->lock);
+    CLEANUP_FREE char *connector = r == 0 ? vm_helper_path("virtmount-connector") : NULL;
     if (!connector)
-        return -1;
+        return NULL;
     guestfs_h *g =
         guestfs_create_flags(GUESTFS_CREATE_NO_ENVIRONMENT | GUESTFS_CREATE_NO_CLOSE_ON_EXIT);
     /* launch blocks until the relay (on the event loop) hands the socket over. */
     if (!g)
-        return vm_error(errno, "cannot create a guestfs handle: %s", strerror(errno));
+        return vm_error(errno, "cannot create a guestfs handle: %s", strerror(errno)), NULL;
     guestfs_set_error_handler(g, NULL, NULL);
     if (guestfs_set_backend(g, "direct") < 0 || guestfs_set_hv(g, connector) < 0 ||
         guestfs_set_path(g, a->files.dir) < 0 ||
@@ -342,12 +387,28 @@ static int launch_handle(struct vm_appliance *a, const char *relay_name)
         vm_error(EIO, "cannot join a guestfs handle to the appliance: %s",
                  guestfs_last_error(g) ? guestfs_last_error(g) : "unknown error");
         guestfs_close(g);
-        return -1;
+        return NULL;
     }
-    pthread_mutex_lock(&a->handle_lock);
-    a->g = g;
-    pthread_mutex_unlock(&a->handle_lock);
-    return 0;
+    return g;
+}
+
+/* Join reader I's handle, if its guestfsd is there: without it (an
+ * appliance built before readers, or a daemon that died at its start),
+ * reads share the main handle. */
+static void launch_reader(struct vm_appliance *a, unsigned i)
+{
+    struct reader *rd = &a->readers[i];
+    if (!rd->channel)
+        return;
+    guestfs_h *g = NULL;
+    if (vm_channel_wait_flag(rd->channel, READER_FLAG_TIMEOUT_MS) < 0 ||
+        !(g = launch_handle(a, &a->relays[1 + i])))
+        vm_notice(VM_NOTICE_WARNING,
+                  "appliance %s: reader %u is not there (%s): reads share the main channel",
+                  a->name, i + 1, vm_error_message());
+    pthread_mutex_lock(&rd->lock);
+    rd->g = g;
+    pthread_mutex_unlock(&rd->lock);
 }
 
 static double now_seconds(void)
@@ -387,22 +448,28 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
     /* The embedded driver would put the channel's socket under its root,
      * which may be too deep for a unix socket's 108 bytes. */
     bool embedded = strncmp(vm_host_uri(a->host), "qemu:///embed", 13) == 0;
-    char channel_path[108] = "";
+    char channel_path[108] = "", reader_paths[VM_APPLIANCE_READERS][108];
     if (embedded) {
         mkdir("/run/virtmount", 0700);
         snprintf(channel_path, sizeof channel_path, "/run/virtmount/%s.sock", a->name);
+        for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++)
+            snprintf(reader_paths[i], sizeof reader_paths[i], "/run/virtmount/%s.r%u.sock", a->name,
+                     i + 1);
     }
     struct vm_appliance_spec spec = {
         .channel_path = embedded ? channel_path : NULL,
         .name = a->name,
         .kvm = kvm,
         .memory_mib = vm_settings.appliance_memory,
-        .vcpus = 1,
+        .vcpus = 1 + VM_APPLIANCE_READERS,
+        .readers = VM_APPLIANCE_READERS,
         .kernel = files->kernel,
         .initrd = files->initrd,
         .root = files->root,
         .root_uuid = files->root_uuid,
     };
+    for (unsigned i = 0; embedded && i < VM_APPLIANCE_READERS; i++)
+        spec.reader_paths[i] = reader_paths[i];
     CLEANUP_FREE char *xml = vm_xml_appliance(&spec);
     vm_appliance_files_clear(&shipped);
     if (!xml) {
@@ -420,10 +487,20 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
     }
     struct vm_channel *console = vm_channel_open(conn, dom, NULL, true, NULL, NULL);
     struct vm_channel *channel = vm_channel_open(conn, dom, CHANNEL_NAME, false, channel_closed, a);
+    /* A reader that ends by itself leaves the appliance running: its calls
+     * fail and are made again on the main handle (see vm_appliance_reader). */
+    struct vm_channel *readers[VM_APPLIANCE_READERS];
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++) {
+        char name[64];
+        snprintf(name, sizeof name, READER_NAME, i + 1);
+        readers[i] = channel ? vm_channel_open(conn, dom, name, false, NULL, NULL) : NULL;
+    }
     pthread_mutex_lock(&a->lock);
     a->dom = dom;
     a->console = console;
     a->channel = channel;
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++)
+        a->readers[i].channel = readers[i];
     pthread_mutex_unlock(&a->lock);
     if (!channel) {
         teardown(a);
@@ -452,14 +529,16 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
         teardown(a);
         return -1;
     }
-    char relay_name[64];
-    pthread_mutex_lock(&a->lock);
-    r = relay_listen(a, relay_name, sizeof relay_name);
-    pthread_mutex_unlock(&a->lock);
-    if (r < 0 || launch_handle(a, relay_name) < 0) {
+    guestfs_h *g = launch_handle(a, &a->relays[0]);
+    if (!g) {
         teardown(a);
         return -1;
     }
+    pthread_mutex_lock(&a->handle_lock);
+    a->g = g;
+    pthread_mutex_unlock(&a->handle_lock);
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++)
+        launch_reader(a, i);
     a->kvm = kvm;
     a->boot_seconds = now_seconds() - t0;
     a->started = time(NULL);
@@ -557,6 +636,8 @@ void vm_appliance_free(struct vm_appliance *a)
     pthread_mutex_destroy(&a->lock);
     pthread_cond_destroy(&a->cond);
     pthread_mutex_destroy(&a->handle_lock);
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++)
+        pthread_mutex_destroy(&a->readers[i].lock);
     free(a);
 }
 
@@ -637,6 +718,51 @@ guestfs_h *vm_appliance_handle(struct vm_appliance *a)
 void vm_appliance_handle_release(struct vm_appliance *a)
 {
     pthread_mutex_unlock(&a->handle_lock);
+}
+
+guestfs_h *vm_appliance_reader(struct vm_appliance *a, int *slot)
+{
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++) {
+        struct reader *rd = &a->readers[i];
+        if (pthread_mutex_trylock(&rd->lock) == 0) {
+            if (rd->g)
+                return *slot = (int)i, rd->g;
+            pthread_mutex_unlock(&rd->lock);
+        }
+    }
+    if (pthread_mutex_trylock(&a->handle_lock) == 0) {
+        if (a->g)
+            return *slot = -1, a->g;
+        pthread_mutex_unlock(&a->handle_lock);
+        return vm_error(EIO, "the appliance is not running"), NULL;
+    }
+    /* All busy: wait for the first reader, keeping the main handle for the
+     * tree's other calls. */
+    for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++) {
+        struct reader *rd = &a->readers[i];
+        pthread_mutex_lock(&rd->lock);
+        if (rd->g)
+            return *slot = (int)i, rd->g;
+        pthread_mutex_unlock(&rd->lock);
+    }
+    *slot = -1;
+    return vm_appliance_handle(a);
+}
+
+void vm_appliance_reader_release(struct vm_appliance *a, int slot, bool failed)
+{
+    if (slot < 0)
+        return vm_appliance_handle_release(a);
+    struct reader *rd = &a->readers[slot];
+    /* A reader whose channel ended (its guestfsd died) fails every call from
+     * now on: drop it; the caller makes its call again elsewhere. */
+    if (failed && rd->g && rd->channel && vm_channel_is_closed(rd->channel)) {
+        vm_notice(VM_NOTICE_WARNING, "appliance %s: reader %d ended: reads share the main channel",
+                  a->name, slot + 1);
+        guestfs_close(rd->g);
+        rd->g = NULL;
+    }
+    pthread_mutex_unlock(&rd->lock);
 }
 
 int vm_appliance_mount_dev(struct vm_appliance *a, guestfs_h *g, const char *device)

@@ -435,8 +435,21 @@ char *vm_xml_appliance(const struct vm_appliance_spec *a)
         fputs("'/>\n", f);
     }
     fputs("      <target type='virtio' name='org.libguestfs.channel.0'/>\n"
-          "    </channel>\n"
-          "    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\n"
+          "    </channel>\n",
+          f);
+    for (unsigned i = 0; i < a->readers && i < VM_APPLIANCE_READERS; i++) {
+        fputs("    <channel type='unix'>\n", f);
+        if (a->reader_paths[i]) {
+            fputs("      <source mode='bind' path='", f);
+            escape_into(f, a->reader_paths[i]);
+            fputs("'/>\n", f);
+        }
+        fprintf(f,
+                "      <target type='virtio' name='org.virtmount.reader.%u'/>\n"
+                "    </channel>\n",
+                i + 1);
+    }
+    fputs("    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\n"
           "    <memballoon model='none'/>\n"
           "  </devices>\n"
           "</domain>\n",

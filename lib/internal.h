@@ -45,6 +45,10 @@ struct vm_appliance_spec {
     unsigned vcpus;
     const char *kernel, *initrd, *root, *root_uuid;
     const char *channel_path; /* NULL: libvirt chooses */
+    /* Reader channels (org.virtmount.reader.N, 1-based), each served by a
+     * guestfsd of its own (see virtmount-build-appliance); path as above. */
+    unsigned readers;
+    const char *reader_paths[VM_APPLIANCE_READERS];
 };
 
 /** The transient domain XML of an appliance. Returns a new string. */
@@ -100,6 +104,14 @@ int vm_appliance_detach(struct vm_appliance *a, const char *xml);
 /** The guestfs handle, locked for this thread until vm_appliance_handle_release. */
 guestfs_h *vm_appliance_handle(struct vm_appliance *a);
 void vm_appliance_handle_release(struct vm_appliance *a);
+/**
+ * A handle for a read of a file or an image: a free reader's, else the main
+ * one if free, else the first reader's once free; SLOT says which, for
+ * vm_appliance_reader_release.  FAILED: the call failed (a reader whose
+ * guestfsd is gone is dropped then).
+ */
+guestfs_h *vm_appliance_reader(struct vm_appliance *a, int *slot);
+void vm_appliance_reader_release(struct vm_appliance *a, int slot, bool failed);
 int vm_appliance_status(struct vm_appliance *a, FILE *out);
 /** Where devtmpfs is mounted in the appliance's sysroot (see vm_appliance_mount_dev). */
 #define VM_APPLIANCE_DEVDIR "/.virtmount-dev"

@@ -1543,12 +1543,17 @@ static guestfs_h *use(struct vm_plug *p)
 }
 
 /* SIZE bytes at OFFSET of file or device PATH in P's appliance, VM_MAX_PREAD
- * per round trip (NOTES.md: the fastest); short at its end.  WHAT names it
+ * per round trip (NOTES.md: the fastest); short at its end.  On a reader
+ * when one is free (vm_appliance_reader); a call a reader failed is made
+ * again on the main handle, which then says what is wrong.  WHAT names it
  * in an error. */
 static ssize_t pread_all(struct vm_plug *p, const char *path, bool device, const char *what,
                          char *buf, size_t size, int64_t offset)
 {
-    guestfs_h *g = use(p);
+    if (__atomic_load_n(&p->dropped, __ATOMIC_ACQUIRE))
+        return vm_error(EIO, "%s was dropped (its appliance or its domain stopped)", p->disk);
+    int slot;
+    guestfs_h *g = vm_appliance_reader(p->appliance, &slot);
     if (!g)
         return -1;
     size_t got = 0;
@@ -1556,8 +1561,19 @@ static ssize_t pread_all(struct vm_plug *p, const char *path, bool device, const
     while (got < size) {
         size_t want = size - got > VM_MAX_PREAD ? VM_MAX_PREAD : size - got;
         size_t n;
+        if (slot >= 0)
+            guestfs_push_error_handler(g, NULL, NULL);
         char *data = device ? guestfs_pread_device(g, path, (int)want, offset + (int64_t)got, &n)
                             : guestfs_pread(g, path, (int)want, offset + (int64_t)got, &n);
+        if (slot >= 0)
+            guestfs_pop_error_handler(g);
+        if (!data && slot >= 0) {
+            vm_appliance_reader_release(p->appliance, slot, true);
+            slot = -1;
+            if (!(g = use(p)))
+                return -1;
+            continue;
+        }
         if (!data) {
             r = gfs_error(g, what);
             break;
@@ -1568,7 +1584,7 @@ static ssize_t pread_all(struct vm_plug *p, const char *path, bool device, const
         if (n < want)
             break;
     }
-    vm_appliance_handle_release(p->appliance);
+    vm_appliance_reader_release(p->appliance, slot, false);
     return r < 0 ? -1 : (ssize_t)got;
 }
 

@@ -252,6 +252,9 @@ void vm_plug_close(struct vm_plug *p);
 
 /** Largest read sent to the appliance in one call (NOTES.md: 2 MiB is fastest). */
 #define VM_MAX_PREAD (2 * 1024 * 1024)
+/** Reader channels per appliance: reads of files and images run there, each
+ * on a guestfsd and a vCPU of its own, beside the main channel's calls. */
+#define VM_APPLIANCE_READERS 1
 
 /** Read the whole disk at block level. Returns bytes read, or -1. */
 ssize_t vm_plug_image_pread(struct vm_plug *p, char *buf, size_t size, int64_t offset);

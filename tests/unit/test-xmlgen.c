@@ -78,7 +78,8 @@ static void test_appliance_tcg(void **state)
         .name = "virtmount-appliance-0123456789abcdef-0",
         .kvm = false,
         .memory_mib = 1024,
-        .vcpus = 1,
+        .vcpus = 2,
+        .readers = 1,
         .kernel = "/var/lib/virtmount/appliance/0e7f/kernel",
         .initrd = "/var/lib/virtmount/appliance/0e7f/initrd",
         .root = "/var/lib/virtmount/appliance/0e7f/root",
@@ -98,6 +99,9 @@ static void test_appliance_kvm_escaped(void **state)
         .initrd = "/srv/a'b/initrd",
         .root = "/srv/<odd>/root",
         .root_uuid = "00000000-0000-0000-0000-000000000000",
+        .channel_path = "/run/virtmount/a&b.sock",
+        .readers = 1,
+        .reader_paths = {"/run/virtmount/a&b.r1.sock"},
     };
     check_golden("appliance-kvm", vm_xml_appliance(&spec));
 }
