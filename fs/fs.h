@@ -298,6 +298,11 @@ void prefetch_init(prefetch_store_fn store, prefetch_drop_fn drop);
 void prefetch_open(const struct node *n, const struct prefetch_io *io);
 /** Stop the threads; forget every scan. */
 void prefetch_stop(void);
+/** What was read ahead since the mount, and how much of it was opened then. */
+struct prefetch_stats {
+    uint64_t files, bytes, opened;
+};
+void prefetch_get_stats(struct prefetch_stats *out);
 
 extern const struct node_ops node_root_ops, node_status_ops, node_host_ops, node_domain_ops,
     node_domain_file_ops, node_devices_ops, node_device_ops, node_device_file_ops, node_disks_ops,

@@ -1,8 +1,12 @@
-/* /.status: per host, the connection in use and whether it is up, and why not. */
+/* /.status: per host, the connection in use and whether it is up, and why
+ * not, its plugs and appliances; then what was read ahead (prefetch.c). */
 #include "fs.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static int status_getattr(const struct node *n, struct stat *st)
 {
@@ -21,8 +25,23 @@ static int status_content(const struct node *n, char **buf, size_t *len)
             free(*buf);
             return -1;
         }
-    if (!*buf && !(*buf = calloc(1, 1)))
+    struct prefetch_stats ps;
+    prefetch_get_stats(&ps);
+    char *line;
+    int w = asprintf(
+        &line, "read ahead: %" PRIu64 " files, %" PRIu64 " KiB; %" PRIu64 " of them opened since\n",
+        ps.files, ps.bytes / 1024, ps.opened);
+    char *nb = w < 0 ? NULL : realloc(*buf, *len + (size_t)w + 1);
+    if (!nb) {
+        free(*buf);
+        if (w >= 0)
+            free(line);
         return vm_error(ENOMEM, "out of memory");
+    }
+    memcpy(nb + *len, line, (size_t)w + 1);
+    *buf = nb;
+    *len += (size_t)w;
+    free(line);
     return 0;
 }
 

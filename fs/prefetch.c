@@ -15,6 +15,10 @@
  * stored in the kernel's page cache (notify_store), so the open that follows
  * (keep_cache: a plugged disk cannot change) reads it without a request.
  *
+ * While opens keep finding their files read ahead (a reader going through
+ * directory after directory), the first file opened in a directory starts
+ * its scan.
+ *
  * An open of a file being fetched waits for it: no file is read twice.  One
  * not fetched yet is taken off the list: the kernel's read will fetch it.  At
  * most AHEAD_FILES files and AHEAD_BYTES bytes per scan are fetched and not
@@ -27,14 +31,16 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cleanup.h"
 
-#define SCANS       4
-#define FILE_MAX    (1024 * 1024)
-#define AHEAD_FILES 256
-#define AHEAD_BYTES (16 * 1024 * 1024)
-#define THREADS     (1 + VM_APPLIANCE_READERS) /* one per handle of an appliance */
+#define SCANS        4
+#define FILE_MAX     (1024 * 1024)
+#define AHEAD_FILES  256
+#define AHEAD_BYTES  (16 * 1024 * 1024)
+#define THREADS      (1 + VM_APPLIANCE_READERS) /* one per handle of an appliance */
+#define STREAMING_MS 1000
 
 enum { QUEUED, FETCHING, FETCHED, TAKEN };
 
@@ -58,11 +64,13 @@ static pthread_cond_t work_cond = PTHREAD_COND_INITIALIZER; /* a scan has work, 
 static pthread_cond_t done_cond = PTHREAD_COND_INITIALIZER; /* a fetch ended */
 static struct scan scans[SCANS];
 static uint64_t tick;
+static struct timespec last_hit; /* when an open last found its file read ahead */
 static bool stopping;
 static pthread_t threads[THREADS];
 static size_t nthreads;
 static prefetch_store_fn store;
 static prefetch_drop_fn drop;
+static struct prefetch_stats stats;
 
 static int by_name(const void *a, const void *b)
 {
@@ -156,6 +164,8 @@ static void *worker(void *arg)
         pthread_mutex_lock(&lock);
         if (got == (ssize_t)size) {
             e->state = FETCHED;
+            stats.files++;
+            stats.bytes += size;
         } else {
             /* Left to the kernel's read, which says what is wrong; a plug
              * gone or an appliance down fails the rest too: stop. */
@@ -192,6 +202,7 @@ void prefetch_stop(void)
     for (size_t i = 0; i < nthreads; i++)
         pthread_join(threads[i], NULL);
     nthreads = 0;
+    last_hit = (struct timespec){0};
     for (size_t i = 0; i < SCANS; i++) {
         void *ctx;
         const struct prefetch_io *io;
@@ -234,6 +245,17 @@ static void start(struct scan *s, const struct node *n, const struct prefetch_io
     pthread_cond_broadcast(&work_cond);
 }
 
+/* A reader is going through directory after directory (rsync, tar, cp -r):
+ * an open found its file read ahead within STREAMING_MS.  Then the first
+ * file opened in a directory starts its scan (lock held). */
+static bool streaming(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long ms = (now.tv_sec - last_hit.tv_sec) * 1000 + (now.tv_nsec - last_hit.tv_nsec) / 1000000;
+    return (last_hit.tv_sec || last_hit.tv_nsec) && ms < STREAMING_MS;
+}
+
 void prefetch_open(const struct node *n, const struct prefetch_io *io)
 {
     void *old_ctx = NULL;
@@ -270,16 +292,25 @@ void prefetch_open(const struct node *n, const struct prefetch_io *io)
         if (s->gen != gen)
             goto out;
         if (e->state == FETCHED) {
+            stats.opened++;
+            clock_gettime(CLOCK_MONOTONIC, &last_hit);
             s->ahead--;
             s->ahead_bytes -= (size_t)e->size;
             pthread_cond_broadcast(&work_cond); /* room ahead again */
         }
         e->state = TAKEN;
-    } else if (s->last && s->last != n->ino) {
+    } else if ((s->last && s->last != n->ino) || streaming()) {
         start(s, n, io);
     }
     s->last = n->ino;
 out:
     pthread_mutex_unlock(&lock);
     free_taken(old_ctx, old_io, old_e, old_n);
+}
+
+void prefetch_get_stats(struct prefetch_stats *out)
+{
+    pthread_mutex_lock(&lock);
+    *out = stats;
+    pthread_mutex_unlock(&lock);
 }

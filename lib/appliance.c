@@ -55,6 +55,7 @@ struct relay {
 struct reader {
     pthread_mutex_t lock; /* held through each call, like handle_lock */
     guestfs_h *g;         /* NULL: none this boot, or gone */
+    bool up;              /* g is set (read without the lock, for .status) */
     struct vm_channel *channel;
 };
 
@@ -332,6 +333,7 @@ static void teardown(struct vm_appliance *a)
         if (rd->g)
             guestfs_close(rd->g);
         rd->g = NULL;
+        __atomic_store_n(&rd->up, false, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&rd->lock);
     }
     pthread_mutex_lock(&a->lock);
@@ -408,6 +410,7 @@ static void launch_reader(struct vm_appliance *a, unsigned i)
                   a->name, i + 1, vm_error_message());
     pthread_mutex_lock(&rd->lock);
     rd->g = g;
+    __atomic_store_n(&rd->up, g != NULL, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&rd->lock);
 }
 
@@ -761,6 +764,7 @@ void vm_appliance_reader_release(struct vm_appliance *a, int slot, bool failed)
                   a->name, slot + 1);
         guestfs_close(rd->g);
         rd->g = NULL;
+        __atomic_store_n(&rd->up, false, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&rd->lock);
 }
@@ -808,6 +812,10 @@ int vm_appliance_status(struct vm_appliance *a, FILE *out)
                 "%u\n    memory: %u MiB\n",
                 a->kvm ? "kvm" : "tcg", since, (long)(time(NULL) - a->started), a->boot_seconds,
                 a->nunits, vm_settings.max_drives, vm_settings.appliance_memory);
+        unsigned up = 0;
+        for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++)
+            up += __atomic_load_n(&a->readers[i].up, __ATOMIC_RELAXED);
+        fprintf(out, "    readers: %u of %u\n", up, VM_APPLIANCE_READERS);
     } else if (a->last_error) {
         fprintf(out, "    last boot failed: %s\n", a->last_error);
     }

@@ -18,6 +18,7 @@
 # Where the big sparse file's data is: it must cross 4 GiB.
 FILES_BIG=big/huge.sparse
 FILES_BIG_SIZE=$(( (4 << 30) + 12345 ))
+FILES_SMALLS=200   # files in smalls/, of 1 to 9 000 bytes
 FILES_MANY=100000
 
 # files_put FILE OFFSET BYTES: write BYTES random bytes at OFFSET (no truncation).
@@ -111,8 +112,13 @@ files_tree() {
         # the directory of many entries: the rest are added by files_many
         mkdir many
         printf 'in a crowd\n' > many/entry-000042
-        # a deep path: 60 levels, ~1.3 KB
+        # small files read whole one after another: read ahead (fs/prefetch.c)
+        mkdir smalls
         local p=deep i
+        for ((i = 0; i < FILES_SMALLS; i++)); do
+            head -c $(( i * 37 % 9000 + 1 )) /dev/urandom > "smalls/s$(printf %03d "$i")"
+        done
+        # a deep path: 60 levels, ~1.3 KB
         for ((i = 1; i <= 60; i++)); do p+=$(printf '/level-%02d-padding-xx' "$i"); done
         mkdir -p "$p"
         printf 'at the bottom\n' > "$p/bottom.txt"
@@ -435,6 +441,24 @@ files_assert_device_not_opened() {
         got=$(files_open_errno "$f")
         [[ $got == EACCES || $got == ENXIO ]] || fail "open $f (a guest's device node): expected EACCES or ENXIO, got $got"
     done
+}
+
+# files_assert_read_ahead MOUNTPOINT WHAT: after smalls/ was read whole (by
+# rsync --checksum), .status says its files came by read-ahead, from a
+# reader beside the main daemon (fs/prefetch.c; their content is what the
+# checks of WHAT compare).
+files_assert_read_ahead() {
+    local st n opened
+    st=$(cat "$1/.status")
+    grep -Eq '^ *readers: 1 of 1$' <<<"$st" || fail "$2: .status shows no reader: $st"
+    n=$(sed -n 's/^read ahead: \([0-9]*\) files.*/\1/p' <<<"$st")
+    opened=$(sed -n 's/^read ahead: .* KiB; \([0-9]*\) of them opened since$/\1/p' <<<"$st")
+    # rsync's generator reads them in name order, the read-ahead's: all but
+    # the two that start the scan, unless a reader takes one first (which
+    # is then read on demand); at least half, whatever the timing.
+    [[ ${n:-0} -ge $(( FILES_SMALLS / 2 )) && ${opened:-0} -ge $(( FILES_SMALLS / 2 )) ]] ||
+        fail "$2: $n files read ahead, $opened of them opened, of smalls/'s $FILES_SMALLS: $st"
+    say "$2: $n files read ahead, $opened of them opened; readers: 1 of 1"
 }
 
 # files_assert_rsync_nothing WHAT SRC DST: rsync -aHAX SRC/ DST/ transfers

@@ -17,6 +17,8 @@
 #  - `image` read in full is what qemu-img convert makes of the qcow2;
 #  - symlinks are not resolved here, device nodes never reach this
 #    machine's devices, nothing can be written;
+#  - smalls/'s files, read whole in name order by rsync, come by read-ahead
+#    (.status), on the appliance's reader beside its main daemon;
 #  - an rsync -aHAX copy, run a second time, transfers nothing;
 #  - the running guest's disk (a point-in-time view through a backup job)
 #    shows the same tree;
@@ -81,6 +83,7 @@ assert_rsync_same "ext4: rsync -aHAX --checksum" "$T" "$P" -aHAX --checksum --ex
 assert_rsync_same "ext4: rsync -aHAX (the 4 GiB file)" "$T/big" "$P/big" -aHAX
 files_assert_big_regions "$T" "$P" "ext4"
 say "rsync -aHAX --checksum --dry-run: no difference ($(( ($(now_us) - t0) / 1000 )) ms)"
+files_assert_read_ahead "$M" "ext4"
 t0=$(now_us)
 files_walk "$P" "$VMT_DIR/walk.ext4"
 files_assert_walks_same "ext4" "$VMT_DIR/walk.tree" "$VMT_DIR/walk.ext4"

@@ -313,6 +313,21 @@ static void test_unplug_drops(void **state)
     assert_int_equal(count(fetched), 98);
 }
 
+/* A reader going through directory after directory: once an open found its
+ * file read ahead, the first open in the next directory starts its scan. */
+static void test_streaming(void **state)
+{
+    open_file(7, 0);
+    open_file(7, 1);
+    settle();
+    open_file(7, 2); /* read ahead: a hit */
+    memset(fetched, 0, sizeof fetched);
+    open_file(8, 0);
+    settle();
+    assert_int_equal(count(fetched), 99);
+    assert_int_equal(fetched[0], 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -324,6 +339,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failure_ends_scan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_directories_apart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unplug_drops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
