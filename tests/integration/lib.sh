@@ -244,6 +244,7 @@ declare -A VMT_MOUNT_LOG=()    # mountpoint -> its log
 declare -a VMT_MOUNTS=()       # mountpoints, in mount order
 declare -A LV_BASE=()          # instance -> its directory
 declare -A LV_PORT=()          # instance -> TCP port ("" when unix only)
+declare -A LV_HIDE=()          # instance -> paths hidden from its daemon, a line each
 declare -a LV_INSTANCES=()
 
 vmt_dump_logs() {
@@ -443,23 +444,36 @@ stdio_handler = "file"
 EOF
 }
 
-# lv_start INSTANCE [--tcp]: start (or restart, same directories and port)
-# the private libvirtd named INSTANCE; waits until it answers.
+# lv_start INSTANCE [--tcp] [--hide PATH]...: start (or restart, same
+# directories, port and hidden paths) the private libvirtd named INSTANCE;
+# waits until it answers.  --hide mounts an empty directory over PATH in the
+# daemon's mount namespace (virtmount's state dir, /boot: a "remote" host
+# must get the appliance through libvirt).
 lv_start() {
-    local inst=$1 tcp=${2:-}
+    local inst=$1; shift
+    local tcp='' hide=()
+    while (( $# )); do
+        case $1 in
+            --tcp) tcp=--tcp; shift ;;
+            --hide) hide+=("$2"); shift 2 ;;
+            *) fail "lv_start: unknown argument $1" ;;
+        esac
+    done
     [[ -n $VMT_DIR ]] || fail "lv_start before vmt_init"
     if [[ -z ${LV_BASE[$inst]:-} ]]; then
         LV_BASE[$inst]=$VMT_DIR/lv-$inst
         LV_PORT[$inst]=
         if [[ $tcp == --tcp ]]; then LV_PORT[$inst]=$(free_tcp_port); fi
+        LV_HIDE[$inst]=$(printf '%s\n' "${hide[@]}")
         LV_INSTANCES+=("$inst")
     fi
     if lv_running "$inst"; then fail "libvirtd $inst is already running"; fi
-    local b=${LV_BASE[$inst]} listen=
+    local b=${LV_BASE[$inst]} listen= h
     lv_write_config "$inst"
     [[ -n ${LV_PORT[$inst]} ]] && listen=--listen
     rm -f "$b/libvirtd.pid"
-    mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
+    mkdir -p "$b/empty" /etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
+    while read -r h; do [[ -n $h ]] && mkdir -p -- "$h"; done <<<"${LV_HIDE[$inst]}"
     # unshare -m makes a private mount namespace (propagation private): the
     # binds are seen by this libvirtd and its qemus only.  The namespace
     # starts as a copy of ours, virtmount mounts included: detach those
@@ -479,16 +493,20 @@ lv_start() {
         # gets a lock dir of its own.
         mkdir -p "$1/lock" /run/lock
         mount --bind "$1/lock" /run/lock
+        # the hidden paths, covered last
+        while read -r h; do
+            [[ -n $h ]] && mount --bind "$1/empty" "$h"
+        done <<<"$3"
         exec libvirtd --daemon $2 --config /etc/libvirt/libvirtd.conf \
             --pid-file "$1/libvirtd.pid"' \
-        lv-start "$b" "$listen" </dev/null >>"$b/stderr.log" 2>&1 ||
+        lv-start "$b" "$listen" "${LV_HIDE[$inst]}" </dev/null >>"$b/stderr.log" 2>&1 ||
         fail "libvirtd $inst did not start: $(tail -n 5 "$b/stderr.log" "$b/libvirtd.log" 2>/dev/null)"
     local i
     for ((i = 0; i < 300; i++)); do
         if virsh -c "$(lv_uri "$inst")" uri >/dev/null 2>&1; then
             if [[ -z ${LV_PORT[$inst]} ]] ||
                virsh -c "$(lv_tcp_uri "$inst")" uri >/dev/null 2>&1; then
-                say "libvirtd $inst up: pid $(lv_pid "$inst"), $(lv_uri "$inst")${LV_PORT[$inst]:+, $(lv_tcp_uri "$inst")}"
+                say "libvirtd $inst up: pid $(lv_pid "$inst"), $(lv_uri "$inst")${LV_PORT[$inst]:+, $(lv_tcp_uri "$inst")}${LV_HIDE[$inst]:+, hiding $(echo ${LV_HIDE[$inst]})}"
                 return 0
             fi
         fi

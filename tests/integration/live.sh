@@ -5,13 +5,8 @@
 #
 #   live_init                  after vmt_init: our own EXIT trap, which ends
 #                              what these helpers start, then runs lib.sh's
-#   live_lv_start INST [--tcp] [--hide PATH]...
-#                              lib.sh's lv_start, plus a private /run/lock
-#                              (see there why), plus an empty directory
-#                              mounted over each PATH in the daemon's mount
-#                              namespace (virtmount's state dir, /boot: a
-#                              "remote" host must get the appliance through
-#                              libvirt); live_lv_restart keeps them
+#   live_lv_restart INST       lv_start again (lib.sh), same directories,
+#                              port and hidden paths
 #   live_lv_kill INST          SIGTERM to the daemon alone: its domains'
 #                              qemus keep running, as when a remote daemon
 #                              stops under a client
@@ -25,7 +20,6 @@
 #                              (as the guest would), via HMP qemu-io
 
 declare -a LIVE_PIDS=()        # processes these helpers started
-declare -A LIVE_HIDE=()        # instance -> paths hidden from its daemon
 
 live_cleanup() {
     local rc=$? p
@@ -52,79 +46,14 @@ live_init() {
     trap live_cleanup EXIT
 }
 
-# ---- a daemon that cannot see our files ------------------------------------------
-
-live_lv_start() {
-    local inst=$1; shift
-    local tcp='' hide=()
-    while (( $# )); do
-        case $1 in
-            --tcp) tcp=--tcp; shift ;;
-            --hide) hide+=("$2"); shift 2 ;;
-            *) fail "live_lv_start: unknown argument $1" ;;
-        esac
-    done
-    [[ -n $VMT_DIR ]] || fail "live_lv_start before vmt_init"
-    if [[ -z ${LV_BASE[$inst]:-} ]]; then
-        LV_BASE[$inst]=$VMT_DIR/lv-$inst
-        LV_PORT[$inst]=
-        if [[ $tcp == --tcp ]]; then LV_PORT[$inst]=$(free_tcp_port); fi
-        LV_INSTANCES+=("$inst")
-        LIVE_HIDE[$inst]=$(printf '%s\n' "${hide[@]}")
-    fi
-    if lv_running "$inst"; then fail "libvirtd $inst is already running"; fi
-    local b=${LV_BASE[$inst]} listen=
-    lv_write_config "$inst"
-    [[ -n ${LV_PORT[$inst]} ]] && listen=--listen
-    rm -f "$b/libvirtd.pid"
-    mkdir -p "$b/empty" "$b/lock" /etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
-    local h
-    while read -r h; do [[ -n $h ]] && mkdir -p -- "$h"; done <<<"${LIVE_HIDE[$inst]}"
-    # As lv_start (lib.sh), plus a private /run/lock (/var/lock): libvirt
-    # locks a channel or console it opens with a file there named after
-    # the socket's path, /var/lib/libvirt/qemu/channel/target/domain-ID-
-    # NAME20/...: two private daemons that both run a domain ID whose name
-    # begins "virtmount-appliance-" would refuse each other's
-    # virDomainOpenChannel ("is locked by lock file ... held by process").
-    # Then the hidden paths, covered last.
-    unshare -m bash -c '
-        set -e
-        awk '\''$3 == "fuse.virtmount" { print $2 }'\'' /proc/self/mounts |
-            while read -r m; do umount -l "$(printf "%b" "$m")" || true; done
-        mount --bind "$1/etc" /etc/libvirt
-        mount --bind "$1/run" /run/libvirt
-        mount --bind "$1/lib" /var/lib/libvirt
-        mount --bind "$1/cache" /var/cache/libvirt
-        mount --bind "$1/log" /var/log/libvirt
-        mount --bind "$1/lock" /run/lock
-        while read -r h; do
-            [[ -n $h ]] && mount --bind "$1/empty" "$h"
-        done <<<"$3"
-        exec libvirtd --daemon $2 --config /etc/libvirt/libvirtd.conf \
-            --pid-file "$1/libvirtd.pid"' \
-        lv-start "$b" "$listen" "${LIVE_HIDE[$inst]}" </dev/null >>"$b/stderr.log" 2>&1 ||
-        fail "libvirtd $inst did not start: $(tail -n 5 "$b/stderr.log" "$b/libvirtd.log" 2>/dev/null)"
-    local i
-    for ((i = 0; i < 300; i++)); do
-        if virsh -c "$(lv_uri "$inst")" uri >/dev/null 2>&1; then
-            if [[ -z ${LV_PORT[$inst]} ]] ||
-               virsh -c "$(lv_tcp_uri "$inst")" uri >/dev/null 2>&1; then
-                say "libvirtd $inst up: pid $(lv_pid "$inst"), $(lv_uri "$inst")${LV_PORT[$inst]:+, $(lv_tcp_uri "$inst")}${LIVE_HIDE[$inst]:+, hiding $(echo ${LIVE_HIDE[$inst]})}"
-                return 0
-            fi
-        fi
-        if [[ -s $b/libvirtd.pid ]] && ! lv_running "$inst"; then break; fi
-        sleep 0.1
-    done
-    fail "libvirtd $inst does not answer: $(tail -n 5 "$b/stderr.log" "$b/libvirtd.log" 2>/dev/null)"
-}
+# ---- a daemon that cannot see our files: lv_start --hide (lib.sh) --------------------
 
 # live_lv_restart INSTANCE: start it again, same directories, port and
 # hidden paths (after lv_stop or live_lv_kill).
 live_lv_restart() {
     local inst=$1
     lv_running "$inst" && lv_stop "$inst"
-    live_lv_start "$inst"
+    lv_start "$inst"
 }
 
 # live_ns_sees INSTANCE PATH: PATH exists in the daemon's mount namespace.

@@ -19,7 +19,7 @@ source "$(dirname "$0")/live.sh"
 vmt_init
 live_init
 
-live_lv_start a
+lv_start a
 T=$VMT_DIR/trees I=$VMT_DIR/img
 mkdir -p "$T" "$I"
 for t in oroot ohome croot chome plain; do img_tree "$T/$t" "$t"; done

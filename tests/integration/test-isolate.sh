@@ -16,7 +16,7 @@ source "$(dirname "$0")/live.sh"
 vmt_init
 live_init
 
-live_lv_start a
+lv_start a
 T=$VMT_DIR/trees I=$VMT_DIR/img
 mkdir -p "$T" "$I"
 for t in d1a d1b d2a; do

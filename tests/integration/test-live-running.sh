@@ -31,7 +31,7 @@ live_init
 
 DROP=15     # seconds allowed for a plug to drop after its domain stops/starts
 
-live_lv_start a
+lv_start a
 T=$VMT_DIR/trees I=$VMT_DIR/img
 mkdir -p "$T" "$I"
 for t in qc raw ro net; do img_tree "$T/$t" "$t"; done

@@ -29,8 +29,8 @@ HELPERS=$(cd "$(dirname "$VIRTMOUNT")/.." && pwd)/appliance
 mkdir -p "$STATE"
 hide=(--hide "$STATE" --hide /boot --hide "$HELPERS")
 [[ -d /usr/lib/x86_64-linux-gnu/guestfs ]] && hide+=(--hide /usr/lib/x86_64-linux-gnu/guestfs)
-live_lv_start a
-live_lv_start b --tcp "${hide[@]}"
+lv_start a
+lv_start b --tcp "${hide[@]}"
 NEAR=$(lv_uri a) FAR=$(lv_tcp_uri b)
 POOL=${LV_BASE[b]}/lib/virtmount       # far's /var/lib/libvirt/virtmount, seen from here
 
