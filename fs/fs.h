@@ -164,7 +164,6 @@ struct prefetch_entry {
 size_t inode_small_siblings(const struct node *n, off_t max_size, struct prefetch_entry **out);
 /** File INO's whole content is in the kernel's page cache: not to be read ahead. */
 void inode_set_stored(fuse_ino_t ino);
-void inode_unset_stored(fuse_ino_t ino);
 /**
  * The kernel asked for N's content although it had it: its page cache was
  * reclaimed, the rest of the directory's likely too.  Returns whether N was
@@ -286,14 +285,15 @@ struct prefetch_io {
     ssize_t (*fetch)(void *dir, const char *name, char *buf, size_t size);
     /** Whether what fetch reads is still what the tree shows (not unplugged). */
     bool (*current)(void *dir);
+    /** Keep it so from a fetch to its store (false: it is not any more). */
+    bool (*hold)(void *dir);
+    void (*release)(void *dir);
     void (*dir_close)(void *dir);
 };
-/** Where a file read ahead goes: the kernel's page cache (ops.c)... */
+/** Where a file read ahead goes: the kernel's page cache (ops.c). */
 typedef void (*prefetch_store_fn)(fuse_ino_t ino, const char *buf, size_t size);
-/** ...and how it leaves it, when it was stored too late (an unplug). */
-typedef void (*prefetch_drop_fn)(fuse_ino_t ino);
 /** Start the threads that read ahead. */
-void prefetch_init(prefetch_store_fn store, prefetch_drop_fn drop);
+void prefetch_init(prefetch_store_fn store);
 /** Guest file N is being opened (it may wait for its fetch in flight). */
 void prefetch_open(const struct node *n, const struct prefetch_io *io);
 /** Stop the threads; forget every scan. */
@@ -347,8 +347,7 @@ void fs_host_changed(void *opaque, struct vm_host *h, const char *domain_uuid);
 void fs_set_session(struct fuse_session *se);
 /** Put SIZE bytes of file INO, from its start, in the kernel's page cache. */
 void fs_store_pages(fuse_ino_t ino, const char *buf, size_t size);
-/** Drop file INO's pages from the kernel's page cache. */
-void fs_drop_pages(fuse_ino_t ino);
+
 /** Ask the kernel to forget the entries of V (names freed here). */
 void fs_forget_entries(struct invalidation *v, size_t n);
 

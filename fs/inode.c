@@ -498,8 +498,8 @@ size_t inode_xattrs_wanted(const struct node *n, fuse_ino_t *inos, char **names,
     size_t count = 0, len = slash == n->path ? 1 : (size_t)(slash - n->path);
     inos[count++] = n->ino;
     /* By path, not by name: a hard link's node has the path it was first
-     * seen at, and may be the child of another directory now.  Only nodes
-     * whose xattrs are not known are on these lists (inode_set_xattrs). */
+     * seen at, and may be the child of another directory now.  Nodes
+     * whose xattrs are not known come first on these lists (kid_link). */
     for (struct node *k = n->up ? n->up->kids : NULL; k && count < max; k = k->kid_next) {
         if (node_xattrs_known(k))
             break; /* the rest are known too */
@@ -552,14 +552,6 @@ void inode_set_stored(fuse_ino_t ino)
     struct node *n = find_locked(ino);
     if (n && n->kind == NODE_GUEST)
         n->stored = true;
-}
-
-void inode_unset_stored(fuse_ino_t ino)
-{
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    struct node *n = find_locked(ino);
-    if (n)
-        n->stored = false;
 }
 
 bool inode_unstore_siblings(const struct node *n)

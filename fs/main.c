@@ -210,7 +210,7 @@ int main(int argc, char **argv)
             vm_host_wait_ready(hosts[i], (int)(10000 - spent));
     }
     fs_set_session(se);
-    prefetch_init(fs_store_pages, fs_drop_pages);
+    prefetch_init(fs_store_pages);
     if (o.appliance_eager)
         for (size_t i = 0; i < nhosts; i++)
             vm_plug_start_eager(hosts[i]);

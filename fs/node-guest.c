@@ -179,6 +179,18 @@ static ssize_t guest_dir_fetch(void *dir, const char *name, char *buf, size_t si
     return vm_guest_pread(d->plug, d->fs, path, buf, size, 0);
 }
 
+/* Counted as an open of the plug (vm_plug_open_current): an unplug waits
+ * for the fetch and its store, and invalidates after. */
+static bool guest_dir_hold(void *dir)
+{
+    return vm_plug_open_current(((struct guest_dir *)dir)->plug);
+}
+
+static void guest_dir_release(void *dir)
+{
+    vm_plug_close(((struct guest_dir *)dir)->plug);
+}
+
 static void guest_dir_close(void *dir)
 {
     struct guest_dir *d = dir;
@@ -193,6 +205,8 @@ static const struct prefetch_io guest_prefetch_io = {
     .dir_open = guest_dir_open,
     .fetch = guest_dir_fetch,
     .current = guest_dir_current,
+    .hold = guest_dir_hold,
+    .release = guest_dir_release,
     .dir_close = guest_dir_close,
 };
 

@@ -725,13 +725,6 @@ void fs_store_pages(fuse_ino_t ino, const char *buf, size_t size)
         inode_set_stored(ino);
 }
 
-void fs_drop_pages(fuse_ino_t ino)
-{
-    inode_unset_stored(ino);
-    if (session)
-        fuse_lowlevel_notify_inval_inode(session, ino, 0, 0);
-}
-
 static void invalidate(fuse_ino_t ino, fuse_ino_t parent, const char *name)
 {
     if (!session || !ino)

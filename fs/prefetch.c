@@ -41,6 +41,8 @@
 #define AHEAD_BYTES  (16 * 1024 * 1024)
 #define THREADS      (1 + VM_APPLIANCE_READERS) /* one per handle of an appliance */
 #define STREAMING_MS 1000
+#define OPEN_WAIT_S  5 /* an open waits for its file's fetch at most */
+#define STOP_WAIT_S  5 /* prefetch_stop waits for the workers at most */
 
 enum { QUEUED, FETCHING, FETCHED, TAKEN };
 
@@ -66,10 +68,8 @@ static struct scan scans[SCANS];
 static uint64_t tick;
 static struct timespec last_hit; /* when an open last found its file read ahead */
 static bool stopping;
-static pthread_t threads[THREADS];
-static size_t nthreads;
 static prefetch_store_fn store;
-static prefetch_drop_fn drop;
+static size_t running; /* worker threads not yet ended */
 static struct prefetch_stats stats;
 
 static int by_name(const void *a, const void *b)
@@ -150,15 +150,15 @@ static void *worker(void *arg)
         const struct prefetch_io *io = s->io;
         void *ctx = s->ctx;
         pthread_mutex_unlock(&lock);
-        /* The scan stays while busy: its context and entries too. */
+        /* The scan stays while busy: its context and entries too.  Held
+         * from the read to the store: an unplug waits, then invalidates. */
         char *buf = name ? malloc(size ? size : 1) : NULL;
-        ssize_t got = buf ? io->fetch(ctx, name, buf, size) : -1;
-        if (got == (ssize_t)size && store) {
-            store(ino, buf, size);
-            /* Unplugged meanwhile, and the pages it dropped gone before
-             * these came: drop these too (a replug's view may differ). */
-            if (!io->current(ctx) && drop)
-                drop(ino);
+        ssize_t got = -1;
+        if (buf && io->hold(ctx)) {
+            got = io->fetch(ctx, name, buf, size);
+            if (got == (ssize_t)size && store)
+                store(ino, buf, size);
+            io->release(ctx);
         }
         free(buf);
         pthread_mutex_lock(&lock);
@@ -177,31 +177,51 @@ static void *worker(void *arg)
         s->busy--;
         pthread_cond_broadcast(&done_cond);
     }
+    running--;
+    pthread_cond_broadcast(&done_cond);
     pthread_mutex_unlock(&lock);
     return arg;
 }
 
-void prefetch_init(prefetch_store_fn store_fn, prefetch_drop_fn drop_fn)
+static struct timespec in_seconds(int secs)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += secs;
+    return ts;
+}
+
+void prefetch_init(prefetch_store_fn store_fn)
 {
     pthread_mutex_lock(&lock);
     store = store_fn;
-    drop = drop_fn;
     stopping = false;
-    for (nthreads = 0; nthreads < THREADS; nthreads++)
-        if (pthread_create(&threads[nthreads], NULL, worker, NULL) != 0)
-            break;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (size_t i = 0; i < THREADS; i++) {
+        pthread_t th;
+        if (pthread_create(&th, &attr, worker, NULL) == 0)
+            running++;
+    }
+    pthread_attr_destroy(&attr);
     pthread_mutex_unlock(&lock);
 }
 
 void prefetch_stop(void)
 {
+    /* A worker may be held in notify_store by a page a READ has locked that
+     * no thread will answer now: it is left behind (the process ends). */
     pthread_mutex_lock(&lock);
     stopping = true;
     pthread_cond_broadcast(&work_cond);
+    struct timespec until = in_seconds(STOP_WAIT_S);
+    while (running && pthread_cond_timedwait(&done_cond, &lock, &until) == 0)
+        ;
+    bool left = running > 0;
     pthread_mutex_unlock(&lock);
-    for (size_t i = 0; i < nthreads; i++)
-        pthread_join(threads[i], NULL);
-    nthreads = 0;
+    if (left)
+        return;
     last_hit = (struct timespec){0};
     for (size_t i = 0; i < SCANS; i++) {
         void *ctx;
@@ -286,10 +306,15 @@ void prefetch_open(const struct node *n, const struct prefetch_io *io)
         if (!e || e->ino != n->ino)
             goto out;
         unsigned gen = s->gen;
-        /* The generation first: a scan ended meanwhile has freed E. */
-        while (s->gen == gen && e->state == FETCHING)
-            pthread_cond_wait(&done_cond, &lock);
-        if (s->gen != gen)
+        /* The generation first: a scan ended meanwhile has freed E.  Not
+         * for ever: a store may wait for a page a READ holds (a file opened
+         * before the scan), and the READ for a thread; then it is read
+         * twice. */
+        struct timespec until = in_seconds(OPEN_WAIT_S);
+        while (s->gen == gen && e->state == FETCHING &&
+               pthread_cond_timedwait(&done_cond, &lock, &until) == 0)
+            ;
+        if (s->gen != gen || e->state == FETCHING)
             goto out;
         if (e->state == FETCHED) {
             stats.opened++;

@@ -1527,6 +1527,17 @@ void vm_plug_open(struct vm_plug *p)
     p->opens++;
 }
 
+bool vm_plug_open_current(struct vm_plug *p)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    for (size_t i = 0; i < nplugs; i++)
+        if (plugs[i] == p) {
+            p->opens++;
+            return true;
+        }
+    return false;
+}
+
 void vm_plug_close(struct vm_plug *p)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);

@@ -248,6 +248,8 @@ const char *vm_plug_fs_name(const struct vm_plug *p, size_t i);
 int vm_plug_fs_index(const struct vm_plug *p, const char *name);
 /** Count a file or directory open under P (unplug waits for none). */
 void vm_plug_open(struct vm_plug *p);
+/** vm_plug_open, if P is still plugged (not unplugged, nor replugged since). */
+bool vm_plug_open_current(struct vm_plug *p);
 void vm_plug_close(struct vm_plug *p);
 
 /** Largest read sent to the appliance in one call (NOTES.md: 2 MiB is fastest). */
