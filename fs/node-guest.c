@@ -17,12 +17,18 @@ static int guest_getattr(const struct node *n, struct stat *st)
     return 0;
 }
 
-static char *child_path(const struct node *dir, const char *name)
+/* NAME in guest directory DIR_PATH, malloc'd. */
+static char *join_path(const char *dir_path, const char *name)
 {
     char *path;
-    if (asprintf(&path, "%s%s%s", dir->path, strcmp(dir->path, "/") == 0 ? "" : "/", name) < 0)
+    if (asprintf(&path, "%s%s%s", dir_path, strcmp(dir_path, "/") == 0 ? "" : "/", name) < 0)
         return vm_error(ENOMEM, "out of memory"), NULL;
     return path;
+}
+
+static char *child_path(const struct node *dir, const char *name)
+{
+    return join_path(dir->path, name);
 }
 
 /* The directory PATH is in ("/" for the top's children), malloc'd. */
@@ -134,9 +140,6 @@ struct guest_dir {
     struct vm_plug *plug;
     int fs;
     char *path;
-    struct vm_host *host; /* and uuid, disk: where the plug is found */
-    char uuid[37];
-    char *disk;
 };
 
 static void *guest_dir_open(const struct node *n)
@@ -147,13 +150,8 @@ static void *guest_dir_open(const struct node *n)
     d->plug = node_plug(n);
     d->fs = d->plug ? fs_of(n, d->plug) : -1;
     d->path = d->fs < 0 ? NULL : parent_path(n->path);
-    d->host = n->host;
-    memcpy(d->uuid, n->uuid, sizeof d->uuid);
-    d->disk = n->disk ? strdup(n->disk) : NULL;
-    if (!d->path || !d->disk) {
+    if (!d->path) {
         vm_plug_unref(d->plug);
-        free(d->path);
-        free(d->disk);
         free(d);
         return NULL;
     }
@@ -164,19 +162,14 @@ static void *guest_dir_open(const struct node *n)
  * (a running guest's new point in time). */
 static bool guest_dir_current(void *dir)
 {
-    struct guest_dir *d = dir;
-    struct vm_plug *p = vm_plug_find(d->host, d->uuid, d->disk);
-    vm_plug_unref(p);
-    return p == d->plug;
+    return vm_plug_current(((struct guest_dir *)dir)->plug);
 }
 
 static ssize_t guest_dir_fetch(void *dir, const char *name, char *buf, size_t size)
 {
     struct guest_dir *d = dir;
-    CLEANUP_FREE char *path = NULL;
-    if (asprintf(&path, "%s%s%s", d->path, strcmp(d->path, "/") ? "/" : "", name) < 0)
-        return vm_error(ENOMEM, "out of memory");
-    return vm_guest_pread(d->plug, d->fs, path, buf, size, 0);
+    CLEANUP_FREE char *path = join_path(d->path, name);
+    return path ? vm_guest_pread(d->plug, d->fs, path, buf, size, 0) : -1;
 }
 
 /* Counted as an open of the plug (vm_plug_open_current): an unplug waits
@@ -196,7 +189,6 @@ static void guest_dir_close(void *dir)
     struct guest_dir *d = dir;
     vm_plug_unref(d->plug);
     free(d->path);
-    free(d->disk);
     free(d);
 }
 

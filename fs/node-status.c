@@ -6,7 +6,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 static int status_getattr(const struct node *n, struct stat *st)
 {
@@ -18,30 +17,21 @@ static int status_content(const struct node *n, char **buf, size_t *len)
 {
     size_t nhosts;
     struct vm_host **hosts = inode_hosts(&nhosts);
-    *buf = NULL;
-    *len = 0;
-    for (size_t i = 0; i < nhosts; i++)
-        if (vm_host_status(hosts[i], buf, len) < 0 || vm_plug_status(hosts[i], buf, len) < 0) {
-            free(*buf);
-            return -1;
-        }
+    FILE *f = open_memstream(buf, len);
+    if (!f)
+        return vm_error(ENOMEM, "out of memory");
+    for (size_t i = 0; i < nhosts; i++) {
+        vm_host_status(hosts[i], f);
+        vm_plug_status(hosts[i], f);
+    }
     struct prefetch_stats ps;
     prefetch_get_stats(&ps);
-    char *line;
-    int w = asprintf(
-        &line, "read ahead: %" PRIu64 " files, %" PRIu64 " KiB; %" PRIu64 " of them opened since\n",
-        ps.files, ps.bytes / 1024, ps.opened);
-    char *nb = w < 0 ? NULL : realloc(*buf, *len + (size_t)w + 1);
-    if (!nb) {
+    fprintf(f, "read ahead: %" PRIu64 " files, %" PRIu64 " KiB; %" PRIu64 " of them opened since\n",
+            ps.files, ps.bytes / 1024, ps.opened);
+    if (fclose(f) != 0) {
         free(*buf);
-        if (w >= 0)
-            free(line);
         return vm_error(ENOMEM, "out of memory");
     }
-    memcpy(nb + *len, line, (size_t)w + 1);
-    *buf = nb;
-    *len += (size_t)w;
-    free(line);
     return 0;
 }
 

@@ -490,8 +490,8 @@ static int boot_once(struct vm_appliance *a, bool kvm, int timeout_ms)
     }
     struct vm_channel *console = vm_channel_open(conn, dom, NULL, true, NULL, NULL);
     struct vm_channel *channel = vm_channel_open(conn, dom, CHANNEL_NAME, false, channel_closed, a);
-    /* A reader that ends by itself leaves the appliance running: its calls
-     * fail and are made again on the main handle (see vm_appliance_reader). */
+    /* A reader's guestfsd that ends takes the appliance with it
+     * (virtmount-reader in the appliance): no close callback of its own. */
     struct vm_channel *readers[VM_APPLIANCE_READERS];
     for (unsigned i = 0; i < VM_APPLIANCE_READERS; i++) {
         char name[64];
@@ -752,21 +752,11 @@ guestfs_h *vm_appliance_reader(struct vm_appliance *a, int *slot)
     return vm_appliance_handle(a);
 }
 
-void vm_appliance_reader_release(struct vm_appliance *a, int slot, bool failed)
+void vm_appliance_reader_release(struct vm_appliance *a, int slot)
 {
     if (slot < 0)
         return vm_appliance_handle_release(a);
-    struct reader *rd = &a->readers[slot];
-    /* A reader whose channel ended (its guestfsd died) fails every call from
-     * now on: drop it; the caller makes its call again elsewhere. */
-    if (failed && rd->g && rd->channel && vm_channel_is_closed(rd->channel)) {
-        vm_notice(VM_NOTICE_WARNING, "appliance %s: reader %d ended: reads share the main channel",
-                  a->name, slot + 1);
-        guestfs_close(rd->g);
-        rd->g = NULL;
-        __atomic_store_n(&rd->up, false, __ATOMIC_RELAXED);
-    }
-    pthread_mutex_unlock(&rd->lock);
+    pthread_mutex_unlock(&a->readers[slot].lock);
 }
 
 int vm_appliance_mount_dev(struct vm_appliance *a, guestfs_h *g, const char *device)

@@ -406,12 +406,6 @@ char *vm_channel_console_tail(struct vm_channel *c, size_t max)
     return s;
 }
 
-bool vm_channel_is_closed(struct vm_channel *c)
-{
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
-    return c->closed;
-}
-
 void vm_channel_close(struct vm_channel *c)
 {
     if (!c)

@@ -650,7 +650,7 @@ struct vm_domlist *vm_host_domains(struct vm_host *h)
     return h->domains;
 }
 
-int vm_host_status(struct vm_host *h, char **buf, size_t *len)
+void vm_host_status(struct vm_host *h, FILE *out)
 {
     static const char *const kinds[] = {"configured", "system", "embedded"};
     char since[64] = "";
@@ -660,23 +660,12 @@ int vm_host_status(struct vm_host *h, char **buf, size_t *len)
         localtime_r(&h->up_since, &tm);
         strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", &tm);
     }
-    CLEANUP_FREE char *text = NULL;
-    int r;
     if (h->up)
-        r = asprintf(&text,
-                     "host %s\n  uri: %s\n  connection: %s\n  state: up since %s\n"
-                     "  domains: %zu\n",
-                     h->name, h->uri, kinds[h->kind], since, h->domains ? h->domains->n : 0);
+        fprintf(out,
+                "host %s\n  uri: %s\n  connection: %s\n  state: up since %s\n"
+                "  domains: %zu\n",
+                h->name, h->uri, kinds[h->kind], since, h->domains ? h->domains->n : 0);
     else
-        r = asprintf(&text, "host %s\n  uri: %s\n  connection: %s\n  state: down: %s\n", h->name,
-                     h->uri, kinds[h->kind], h->down_reason ? h->down_reason : "not connected");
-    if (r < 0)
-        return vm_error(ENOMEM, "out of memory");
-    char *nb = realloc(*buf, *len + (size_t)r + 1);
-    if (!nb)
-        return vm_error(ENOMEM, "out of memory");
-    memcpy(nb + *len, text, (size_t)r + 1);
-    *buf = nb;
-    *len += (size_t)r;
-    return 0;
+        fprintf(out, "host %s\n  uri: %s\n  connection: %s\n  state: down: %s\n", h->name, h->uri,
+                kinds[h->kind], h->down_reason ? h->down_reason : "not connected");
 }

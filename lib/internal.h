@@ -28,7 +28,6 @@ int vm_channel_wait_flag(struct vm_channel *c, int timeout_ms);
 int vm_channel_attach(struct vm_channel *c, int fd);
 /** The last MAX bytes a console printed (malloc'd). */
 char *vm_channel_console_tail(struct vm_channel *c, size_t max);
-bool vm_channel_is_closed(struct vm_channel *c);
 /** Close and release; accepts NULL. ON_CLOSE is not called. */
 void vm_channel_close(struct vm_channel *c);
 
@@ -107,11 +106,10 @@ void vm_appliance_handle_release(struct vm_appliance *a);
 /**
  * A handle for a read of a file or an image: a free reader's, else the main
  * one if free, else the first reader's once free; SLOT says which, for
- * vm_appliance_reader_release.  FAILED: the call failed (a reader whose
- * guestfsd is gone is dropped then).
+ * vm_appliance_reader_release.
  */
 guestfs_h *vm_appliance_reader(struct vm_appliance *a, int *slot);
-void vm_appliance_reader_release(struct vm_appliance *a, int slot, bool failed);
+void vm_appliance_reader_release(struct vm_appliance *a, int slot);
 int vm_appliance_status(struct vm_appliance *a, FILE *out);
 /** Where devtmpfs is mounted in the appliance's sysroot (see vm_appliance_mount_dev). */
 #define VM_APPLIANCE_DEVDIR "/.virtmount-dev"

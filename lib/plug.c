@@ -1452,13 +1452,8 @@ void vm_plugs_shutdown(void)
     pthread_mutex_unlock(&table_lock);
 }
 
-int vm_plug_status(struct vm_host *h, char **buf, size_t *len)
+void vm_plug_status(struct vm_host *h, FILE *f)
 {
-    char *text = NULL;
-    size_t tlen = 0;
-    FILE *f = open_memstream(&text, &tlen);
-    if (!f)
-        return vm_error(ENOMEM, "out of memory");
     struct vm_appliance *mine[64];
     size_t nmine = 0;
     pthread_mutex_lock(&table_lock);
@@ -1478,17 +1473,6 @@ int vm_plug_status(struct vm_host *h, char **buf, size_t *len)
         vm_appliance_status(mine[i], f);
     if (!nmine)
         fprintf(f, "  appliance: not started\n");
-    fclose(f);
-    char *nb = realloc(*buf, *len + tlen + 1);
-    if (!nb) {
-        free(text);
-        return vm_error(ENOMEM, "out of memory");
-    }
-    memcpy(nb + *len, text, tlen + 1);
-    *buf = nb;
-    *len += tlen;
-    free(text);
-    return 0;
 }
 
 /* ---- what a plugged disk shows -------------------------------------------- */
@@ -1527,15 +1511,27 @@ void vm_plug_open(struct vm_plug *p)
     p->opens++;
 }
 
+static bool current_locked(const struct vm_plug *p)
+{
+    for (size_t i = 0; i < nplugs; i++)
+        if (plugs[i] == p)
+            return true;
+    return false;
+}
+
+bool vm_plug_current(struct vm_plug *p)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
+    return current_locked(p);
+}
+
 bool vm_plug_open_current(struct vm_plug *p)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&table_lock);
-    for (size_t i = 0; i < nplugs; i++)
-        if (plugs[i] == p) {
-            p->opens++;
-            return true;
-        }
-    return false;
+    if (!current_locked(p))
+        return false;
+    p->opens++;
+    return true;
 }
 
 void vm_plug_close(struct vm_plug *p)
@@ -1545,26 +1541,28 @@ void vm_plug_close(struct vm_plug *p)
     pthread_cond_broadcast(&table_cond);
 }
 
+/* -1 with EIO recorded when the plug was dropped. */
+static int check_dropped(const struct vm_plug *p)
+{
+    if (__atomic_load_n(&p->dropped, __ATOMIC_ACQUIRE))
+        return vm_error(EIO, "%s was dropped (its appliance or its domain stopped)", p->disk);
+    return 0;
+}
+
 /* The handle, unless the plug was dropped. */
 static guestfs_h *use(struct vm_plug *p)
 {
-    if (__atomic_load_n(&p->dropped, __ATOMIC_ACQUIRE))
-        return vm_error(EIO, "%s was dropped (its appliance or its domain stopped)", p->disk), NULL;
-    return vm_appliance_handle(p->appliance);
+    return check_dropped(p) < 0 ? NULL : vm_appliance_handle(p->appliance);
 }
 
 /* SIZE bytes at OFFSET of file or device PATH in P's appliance, VM_MAX_PREAD
  * per round trip (NOTES.md: the fastest); short at its end.  On a reader
- * when one is free (vm_appliance_reader); a call a reader failed is made
- * again on the main handle, which then says what is wrong.  WHAT names it
- * in an error. */
+ * when one is free (vm_appliance_reader).  WHAT names it in an error. */
 static ssize_t pread_all(struct vm_plug *p, const char *path, bool device, const char *what,
                          char *buf, size_t size, int64_t offset)
 {
-    if (__atomic_load_n(&p->dropped, __ATOMIC_ACQUIRE))
-        return vm_error(EIO, "%s was dropped (its appliance or its domain stopped)", p->disk);
     int slot;
-    guestfs_h *g = vm_appliance_reader(p->appliance, &slot);
+    guestfs_h *g = check_dropped(p) < 0 ? NULL : vm_appliance_reader(p->appliance, &slot);
     if (!g)
         return -1;
     size_t got = 0;
@@ -1572,19 +1570,8 @@ static ssize_t pread_all(struct vm_plug *p, const char *path, bool device, const
     while (got < size) {
         size_t want = size - got > VM_MAX_PREAD ? VM_MAX_PREAD : size - got;
         size_t n;
-        if (slot >= 0)
-            guestfs_push_error_handler(g, NULL, NULL);
         char *data = device ? guestfs_pread_device(g, path, (int)want, offset + (int64_t)got, &n)
                             : guestfs_pread(g, path, (int)want, offset + (int64_t)got, &n);
-        if (slot >= 0)
-            guestfs_pop_error_handler(g);
-        if (!data && slot >= 0) {
-            vm_appliance_reader_release(p->appliance, slot, true);
-            slot = -1;
-            if (!(g = use(p)))
-                return -1;
-            continue;
-        }
         if (!data) {
             r = gfs_error(g, what);
             break;
@@ -1595,7 +1582,7 @@ static ssize_t pread_all(struct vm_plug *p, const char *path, bool device, const
         if (n < want)
             break;
     }
-    vm_appliance_reader_release(p->appliance, slot, false);
+    vm_appliance_reader_release(p->appliance, slot);
     return r < 0 ? -1 : (ssize_t)got;
 }
 

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
@@ -207,8 +208,8 @@ struct vm_domain *vm_domlist_find_uuid(const struct vm_domlist *l, const char *u
 /** True when the host is connected; else *REASON (if not NULL) gets a copy of why not. */
 bool vm_host_is_up(struct vm_host *h, char **reason);
 
-/** Append the host's part of /.status to the text in *BUF (malloc'd, grown). */
-int vm_host_status(struct vm_host *h, char **buf, size_t *len);
+/** Write the host's part of /.status to OUT. */
+void vm_host_status(struct vm_host *h, FILE *out);
 
 /* ---- plug.c ------------------------------------------------------------- */
 
@@ -230,8 +231,8 @@ int vm_unplug_disk(struct vm_host *h, const char *uuid, const char *disk);
 void vm_plug_start_eager(struct vm_host *h);
 /** At unmount: drop every plug and stop every appliance. */
 void vm_plugs_shutdown(void);
-/** Append the host's appliance and plugs to a .status text. */
-int vm_plug_status(struct vm_host *h, char **buf, size_t *len);
+/** Write the host's plugs and appliances, for /.status, to OUT. */
+void vm_plug_status(struct vm_host *h, FILE *out);
 
 /** The plug of DISK, referenced, or NULL (ENOENT). */
 struct vm_plug *vm_plug_find(struct vm_host *h, const char *uuid, const char *disk);
@@ -248,7 +249,9 @@ const char *vm_plug_fs_name(const struct vm_plug *p, size_t i);
 int vm_plug_fs_index(const struct vm_plug *p, const char *name);
 /** Count a file or directory open under P (unplug waits for none). */
 void vm_plug_open(struct vm_plug *p);
-/** vm_plug_open, if P is still plugged (not unplugged, nor replugged since). */
+/** Whether P is still plugged (not unplugged, nor replugged since). */
+bool vm_plug_current(struct vm_plug *p);
+/** vm_plug_open, if vm_plug_current. */
 bool vm_plug_open_current(struct vm_plug *p);
 void vm_plug_close(struct vm_plug *p);
 
